@@ -2,6 +2,7 @@
 //! its manifest, the `ingest` writer, JPEG decoding, and the seeded randomness that fixes
 //! shard layouts and epoch orders.
 
+pub mod augment;
 pub mod ingest;
 pub mod jpeg;
 pub mod manifest;

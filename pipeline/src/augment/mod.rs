@@ -1,0 +1,106 @@
+//! DINO's per-view augmentation (`dino-recipe.md` §1.2): random resized crop with bicubic
+//! resampling, horizontal flip, colour jitter in random order, grayscale, Gaussian blur and
+//! solarization, on packed RGB u8 (HWC), matching torchvision + PIL on the same parameters.
+
+pub mod blur;
+pub mod color;
+pub mod params;
+
+use fast_image_resize::images::{CroppedImage, Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+
+pub use params::{CropBox, Jitter, JitterOp, ViewParams, ViewSpec, draw_view};
+
+/// A source image: packed RGB rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Rgb<'a> {
+    pub pixels: &'a [u8],
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("resize failed: {0}")]
+pub struct AugmentError(String);
+
+/// Per-thread state for making views: the resizer's buffers and the blur's scratch.
+#[derive(Default)]
+pub struct ViewMaker {
+    resizer: Resizer,
+    scratch: Vec<u8>,
+}
+
+impl ViewMaker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// torchvision's `resized_crop(..., BICUBIC)` on a PIL image: the box is cut out first
+    /// (the filter never reads outside it), then resampled with the a = -0.5 cubic, widened
+    /// when downscaling (antialiased), into `out` (`width` x `height` x 3).
+    pub fn resized_crop(
+        &mut self,
+        src: Rgb<'_>,
+        crop: CropBox,
+        (width, height): (u32, u32),
+        out: &mut [u8],
+    ) -> Result<(), AugmentError> {
+        let err = |e: &dyn std::fmt::Display| AugmentError(e.to_string());
+        let image = ImageRef::new(src.width, src.height, src.pixels, PixelType::U8x3)
+            .map_err(|e| err(&e))?;
+        let boxed = CroppedImage::new(&image, crop.left, crop.top, crop.width, crop.height)
+            .map_err(|e| err(&e))?;
+        let mut dst =
+            Image::from_slice_u8(width, height, out, PixelType::U8x3).map_err(|e| err(&e))?;
+        let options =
+            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+        self.resizer
+            .resize(&boxed, &mut dst, &options)
+            .map_err(|e| err(&e))
+    }
+
+    /// Makes one view of `src` into `out` (`size` x `size` x 3, packed RGB).
+    pub fn make_view(
+        &mut self,
+        src: Rgb<'_>,
+        view: &ViewParams,
+        size: u32,
+        out: &mut [u8],
+    ) -> Result<(), AugmentError> {
+        self.resized_crop(src, view.crop, (size, size), out)?;
+        if view.flip {
+            color::hflip(out, size as usize);
+        }
+        if let Some(jitter) = &view.jitter {
+            apply_jitter(out, jitter);
+        }
+        if view.grayscale {
+            color::grayscale(out);
+        }
+        if let Some(sigma) = view.blur_sigma {
+            let side = size as usize;
+            blur::gaussian_blur(out, side, side, 3, sigma, &mut self.scratch);
+        }
+        if view.solarize {
+            color::apply_lut(out, &color::solarize_lut());
+        }
+        Ok(())
+    }
+}
+
+/// The four jitter operations in the drawn order, as torchvision's `ColorJitter` applies them.
+pub fn apply_jitter(rgb: &mut [u8], jitter: &Jitter) {
+    for op in jitter.order {
+        match op {
+            JitterOp::Brightness => {
+                color::apply_lut(rgb, &color::brightness_lut(jitter.brightness));
+            }
+            JitterOp::Contrast => {
+                let lut = color::contrast_lut(color::mean_luma(rgb), jitter.contrast);
+                color::apply_lut(rgb, &lut);
+            }
+            JitterOp::Saturation => color::saturation(rgb, jitter.saturation),
+            JitterOp::Hue => color::hue(rgb, jitter.hue),
+        }
+    }
+}

@@ -13,6 +13,19 @@ pub fn rng(seed: u64, stream: u64) -> Xoshiro256PlusPlus {
     Xoshiro256PlusPlus::seed_from_u64(mixed)
 }
 
+/// splitmix64's finalizer: a bijection of u64 that scatters nearby inputs.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The generator of one sample's augmentation draws in one epoch: a pure function of
+/// (seed, epoch, global index), whatever thread or order computes it.
+pub fn sample_rng(seed: u64, epoch: u64, index: u64) -> Xoshiro256PlusPlus {
+    rng(seed, mix64(mix64(epoch ^ 0xA5A5_0000_0000_0000) ^ index))
+}
+
 /// Uniform in `0..n` without modulo bias (Lemire's multiply-and-reject).
 pub fn below(rng: &mut impl Rng, n: u64) -> u64 {
     assert!(n > 0, "below(0)");

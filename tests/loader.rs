@@ -1,0 +1,292 @@
+//! The streaming loader on shards ingested from real photos: determinism across worker
+//! counts, exact resumption, rank sharding, epochs, bad data and bad shards.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use dino_pipeline::augment::{Rgb, ViewMaker, draw_view};
+use dino_pipeline::batch::{Batch, Position};
+use dino_pipeline::dataset::Verify;
+use dino_pipeline::ingest::{self, IngestConfig, Quiet};
+use dino_pipeline::jpeg::{JpegDecoder, Pixels};
+use dino_pipeline::loader::{Loader, LoaderConfig};
+use dino_pipeline::manifest::Manifest;
+use dino_pipeline::rng;
+
+/// Shards of the 120 sample photos, in small row groups (several per shuffle window).
+fn shards(at: &Path) -> PathBuf {
+    let out = at.join("shards");
+    let mut cfg = IngestConfig::new(samples("crops", 120), &out);
+    cfg.row_group_bytes = 300 << 10;
+    cfg.shard_bytes = 1 << 20;
+    ingest::ingest(&cfg, &Quiet).unwrap();
+    out
+}
+
+/// Small views keep the tests quick; the recipe's sizes are exercised by the benchmark.
+fn config(dir: &Path) -> LoaderConfig {
+    let mut cfg = LoaderConfig::new(dir, "train");
+    cfg.global[0].size = 48;
+    cfg.global[1].size = 48;
+    cfg.local.size = 24;
+    cfg.local_crops = 3;
+    cfg.batch_size = 8;
+    cfg.workers = 2;
+    cfg.seed = 42;
+    cfg
+}
+
+fn collect(cfg: LoaderConfig, batches: usize) -> Vec<Batch> {
+    Loader::start(cfg)
+        .unwrap()
+        .take(batches)
+        .map(|b| (*b.unwrap()).clone())
+        .collect()
+}
+
+#[test]
+fn batches_are_identical_for_any_worker_count_and_resume_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = shards(tmp.path());
+    let mut cfg = config(&dir);
+    cfg.end_epoch = Some(2);
+    cfg.workers = 1;
+    let one = collect(cfg.clone(), usize::MAX);
+    assert_eq!(
+        one.len(),
+        2 * 15,
+        "120 samples / 8 = 15 batches per epoch, 2 epochs"
+    );
+    cfg.workers = 5;
+    cfg.buffers = 3;
+    let five = collect(cfg.clone(), usize::MAX);
+    assert!(one == five, "1 and 5 workers give different batches");
+
+    // Resume from a batch's `next` position: mid-epoch, and at an epoch boundary.
+    for k in [3usize, 14, 20] {
+        let mut resumed = cfg.clone();
+        resumed.start = one[k].next;
+        let rest = collect(resumed, usize::MAX);
+        assert!(rest == one[k + 1..], "resuming after batch {k} differs");
+    }
+    assert_eq!(
+        one[14].next,
+        Position {
+            epoch: 1,
+            consumed: 0
+        }
+    );
+}
+
+#[test]
+fn epochs_visit_each_sample_once_in_new_orders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = shards(tmp.path());
+    let mut cfg = config(&dir);
+    cfg.end_epoch = Some(2);
+    let batches = collect(cfg, usize::MAX);
+    let epoch = |e: u64| -> Vec<u64> {
+        batches
+            .iter()
+            .filter(|b| b.epoch == e)
+            .flat_map(|b| b.indices.clone())
+            .collect()
+    };
+    let (e0, e1) = (epoch(0), epoch(1));
+    assert_eq!(e0.iter().collect::<BTreeSet<_>>().len(), 120);
+    assert_eq!(e1.iter().collect::<BTreeSet<_>>().len(), 120);
+    assert_ne!(e0, e1);
+    // The first batch already mixes classes (labels), thanks to the window shuffle.
+    let labels: BTreeSet<i32> = batches[0].labels.iter().copied().collect();
+    assert!(labels.len() >= 5, "{labels:?}");
+}
+
+#[test]
+fn ranks_get_disjoint_samples_and_equal_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = shards(tmp.path());
+    let world = 3;
+    let mut seen = BTreeSet::new();
+    for rank in 0..world {
+        let mut cfg = config(&dir);
+        cfg.world = world;
+        cfg.rank = rank;
+        cfg.end_epoch = Some(1);
+        let loader = Loader::start(cfg).unwrap();
+        assert_eq!(loader.batches_per_epoch(), 5, "120 / 3 / 8 = 5 batches");
+        let batches: Vec<Batch> = loader.map(|b| (*b.unwrap()).clone()).collect();
+        assert_eq!(batches.len(), 5);
+        for b in &batches {
+            for &i in &b.indices {
+                assert!(seen.insert(i), "sample {i} given to two ranks");
+            }
+        }
+    }
+    assert_eq!(seen.len(), 120);
+}
+
+#[test]
+fn each_view_is_the_augmentation_of_its_sample_in_its_slot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = shards(tmp.path());
+    let cfg = config(&dir);
+    let batch = collect(cfg.clone(), 1).remove(0);
+    let rows: Vec<ShardRow> = Manifest::load(&dir).unwrap().unwrap().splits["train"]
+        .shards
+        .iter()
+        .flat_map(|s| read_shard(&dir.join(&s.file)))
+        .collect();
+    let mut maker = ViewMaker::new();
+    for slot in [0, 5] {
+        let index = batch.indices[slot];
+        let row = &rows[index as usize];
+        assert_eq!(batch.labels[slot], row.label);
+        let mut px = Vec::new();
+        let d = JpegDecoder::new()
+            .unwrap()
+            .decode(&row.jpeg, Pixels::Rgb, &mut px)
+            .unwrap();
+        let src = Rgb {
+            pixels: &px,
+            width: d.width,
+            height: d.height,
+        };
+        let mut r = rng::sample_rng(cfg.seed, 0, index);
+        for v in 0..2 {
+            let view = draw_view(&mut r, &cfg.global[v], d.width, d.height);
+            let mut out = vec![0; 48 * 48 * 3];
+            maker.make_view(src, &view, 48, &mut out).unwrap();
+            assert!(out == batch.global(v, slot), "global {v} of slot {slot}");
+        }
+        for v in 0..3 {
+            let view = draw_view(&mut r, &cfg.local, d.width, d.height);
+            let mut out = vec![0; 24 * 24 * 3];
+            maker.make_view(src, &view, 24, &mut out).unwrap();
+            assert!(out == batch.local(v, slot), "local {v} of slot {slot}");
+        }
+    }
+}
+
+#[test]
+fn undecodable_samples_are_counted_and_replaced_deterministically() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A folder where two photos are damaged after ingest would have caught them: write the
+    // shards from good photos, then swap two rows' bytes for broken JPEGs in a new shard.
+    let src = samples("crops", 120);
+    let photos = jpeg_files(&src);
+    let root = tmp.path().join("root/a");
+    fs::create_dir_all(&root).unwrap();
+    for (i, p) in photos.iter().take(32).enumerate() {
+        fs::copy(p, root.join(format!("{i:02}.JPEG"))).unwrap();
+    }
+    let dir = tmp.path().join("shards");
+    let cfg = IngestConfig::new(tmp.path().join("root"), &dir);
+    ingest::ingest(&cfg, &Quiet).unwrap();
+    let broken = corrupt_two_rows(&dir);
+
+    let mut lcfg = config(&dir);
+    lcfg.end_epoch = Some(1);
+    let mut loader = Loader::start(lcfg.clone()).unwrap();
+    let batches: Vec<Batch> = loader.by_ref().map(|b| (*b.unwrap()).clone()).collect();
+    assert_eq!(loader.stats().decode_failures, 2);
+    let replaced: BTreeSet<u64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.indices
+                .iter()
+                .zip(&b.replaced)
+                .filter(|(_, r)| **r)
+                .map(|(i, _)| *i)
+        })
+        .collect();
+    assert_eq!(replaced, broken);
+    lcfg.workers = 4;
+    let again = collect(lcfg, usize::MAX);
+    assert!(again == batches, "replacement is deterministic");
+}
+
+/// Rewrites the dataset's only shard with two rows' JPEGs broken (one truncated, one not a
+/// JPEG at all), updating the manifest's checksum; returns their global indices.
+fn corrupt_two_rows(dir: &Path) -> BTreeSet<u64> {
+    use dino_pipeline::shard::{self, Row, ShardWriter};
+    let mut manifest = Manifest::load(dir).unwrap().unwrap();
+    let split = manifest.splits.get_mut("train").unwrap();
+    assert_eq!(split.shards.len(), 1);
+    let path = dir.join(&split.shards[0].file);
+    let record = shard::read_record(&path).unwrap();
+    let rows = read_shard(&path);
+    let tmp = dir.join("rewrite.parquet");
+    let mut writer = ShardWriter::create(&tmp, 64 << 20).unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        let jpeg = match i {
+            3 => r.jpeg[..r.jpeg.len() / 3].to_vec(),
+            17 => b"definitely not a JPEG".to_vec(),
+            _ => r.jpeg.clone(),
+        };
+        writer
+            .push(&Row {
+                key: r.key.clone(),
+                label: r.label,
+                jpeg,
+                width: r.width as u32,
+                height: r.height as u32,
+            })
+            .unwrap();
+    }
+    let written = writer.finish(&record).unwrap();
+    fs::rename(&tmp, &path).unwrap();
+    split.shards[0].bytes = written.bytes;
+    split.shards[0].sha256 = written.sha256;
+    manifest.save(dir).unwrap();
+    [3, 17].into_iter().collect()
+}
+
+#[test]
+fn missing_or_altered_shards_are_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = shards(tmp.path());
+    let manifest = Manifest::load(&dir).unwrap().unwrap();
+    let files: Vec<String> = manifest.splits["train"]
+        .shards
+        .iter()
+        .map(|s| s.file.clone())
+        .collect();
+
+    let victim = dir.join(&files[1]);
+    let mut bytes = fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    fs::write(&victim, &bytes).unwrap();
+    let err = Loader::start(config(&dir))
+        .err()
+        .expect("a flipped byte is caught")
+        .to_string();
+    assert!(err.contains(&files[1]) && err.contains("SHA-256"), "{err}");
+    // Without checksums the footer checks still pass for a flipped data byte.
+    let mut quick = config(&dir);
+    quick.verify = Verify::Footers;
+    assert!(Loader::start(quick).is_ok());
+
+    fs::remove_file(&victim).unwrap();
+    let err = Loader::start(config(&dir))
+        .err()
+        .expect("a missing shard is caught")
+        .to_string();
+    assert!(
+        err.contains(&files[1]) && err.contains("cannot open"),
+        "{err}"
+    );
+
+    let err = Loader::start(LoaderConfig::new(&dir, "val"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("no split 'val'") && err.contains("train"),
+        "{err}"
+    );
+}

@@ -290,3 +290,36 @@ fn missing_or_altered_shards_are_refused_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn dct_scaled_decoding_keeps_views_close_and_deterministic() {
+    // 512 px photos with small views: every crop box is at least 4x its output size, so the
+    // decoder can work at 1/4 of the size.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shards");
+    ingest::ingest(&IngestConfig::new(samples("imagenet20", 20), &dir), &Quiet).unwrap();
+    let mut cfg = config(&dir);
+    cfg.batch_size = 4;
+    cfg.end_epoch = Some(1);
+    let full = collect(cfg.clone(), usize::MAX);
+    cfg.dct_scaling = true;
+    let scaled = collect(cfg.clone(), usize::MAX);
+    cfg.workers = 3;
+    assert!(
+        collect(cfg, usize::MAX) == scaled,
+        "deterministic with DCT scaling"
+    );
+    assert_eq!(full.len(), 5);
+    let mut total = 0.0;
+    for (a, b) in full.iter().zip(&scaled) {
+        assert_eq!((&a.indices, &a.labels), (&b.indices, &b.labels));
+        assert_ne!(a.globals, b.globals, "scaling took effect");
+        let mad = mean_abs_diff(&a.globals, &b.globals);
+        assert!(mad < 4.0, "globals differ by {mad:.2} levels on average");
+        total += mad;
+    }
+    println!(
+        "mean abs diff of DCT-scaled globals: {:.3}",
+        total / full.len() as f64
+    );
+}

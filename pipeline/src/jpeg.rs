@@ -136,12 +136,37 @@ impl JpegDecoder {
         pixels: Pixels,
         out: &mut Vec<u8>,
     ) -> Result<Decoded, JpegError> {
+        self.decode_scaled(data, pixels, 1, out)
+    }
+
+    /// Decodes at 1/`denom` of the size (1, 2, 4 or 8), scaling in the DCT domain, which
+    /// skips most of the work of a full decode. Sizes round up: `ceil(width / denom)`.
+    pub fn decode_scaled(
+        &mut self,
+        data: &[u8],
+        pixels: Pixels,
+        denom: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<Decoded, JpegError> {
+        assert!(
+            matches!(denom, 1 | 2 | 4 | 8),
+            "unsupported DCT scale 1/{denom}"
+        );
         let header = self.header(data)?;
-        let len = header.width as usize * header.height as usize * pixels.channels();
+        let factor = raw::tjscalingfactor {
+            num: 1,
+            denom: denom as c_int,
+        };
+        // SAFETY: valid handle; 1/1, 1/2, 1/4 and 1/8 are supported scaling factors.
+        if unsafe { raw::tj3SetScalingFactor(self.handle.as_ptr(), factor) } != 0 {
+            return Err(JpegError(self.last_error()));
+        }
+        let (width, height) = (header.width.div_ceil(denom), header.height.div_ceil(denom));
+        let len = width as usize * height as usize * pixels.channels();
         out.clear();
         out.resize(len, 0);
-        // SAFETY: `out` holds width*height*channels bytes, which is what a pitch of 0 (packed
-        // rows) at full scale writes; the handle's scaling and cropping are never changed.
+        // SAFETY: `out` holds width*height*channels bytes of the scaled size, which is what a
+        // pitch of 0 (packed rows) writes; cropping is never set on this handle.
         let rc = unsafe {
             raw::tj3Decompress8(
                 self.handle.as_ptr(),
@@ -160,8 +185,8 @@ impl JpegDecoder {
             return Err(JpegError(self.last_error()));
         };
         Ok(Decoded {
-            width: header.width,
-            height: header.height,
+            width,
+            height,
             warning,
         })
     }
@@ -275,6 +300,25 @@ mod tests {
         let d = dec.decode(&jpeg, Pixels::Rgb, &mut out).unwrap();
         assert_eq!((d.width, d.height, d.warning), (w, h, None));
         assert_eq!(out.len(), px.len());
+    }
+
+    #[test]
+    fn scaled_decoding_halves_and_rounds_up() {
+        let (w, h) = (65, 33);
+        let jpeg = JpegEncoder::new(95)
+            .unwrap()
+            .encode(&gradient(w, h), w, h, false)
+            .unwrap();
+        let mut dec = JpegDecoder::new().unwrap();
+        let mut out = Vec::new();
+        let d = dec.decode_scaled(&jpeg, Pixels::Rgb, 2, &mut out).unwrap();
+        assert_eq!((d.width, d.height, out.len()), (33, 17, 33 * 17 * 3));
+        let d = dec.decode(&jpeg, Pixels::Rgb, &mut out).unwrap();
+        assert_eq!(
+            (d.width, d.height),
+            (65, 33),
+            "full scale again after a scaled decode"
+        );
     }
 
     #[test]

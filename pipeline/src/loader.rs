@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, select};
 
-use crate::augment::{Rgb, ViewMaker, ViewSpec, draw_view};
+use crate::augment::{Rgb, ViewMaker, ViewParams, ViewSpec, dct_denominator, draw_view};
 use crate::batch::{Batch, BatchShape, LoanedBatch, Position, SharedBatch};
 use crate::dataset::{Columns, Dataset, DatasetError, Verify};
 use crate::jpeg::{JpegDecoder, Pixels};
@@ -54,9 +54,14 @@ pub struct LoaderConfig {
     pub start: Position,
     /// Stop before this epoch; `None` streams forever.
     pub end_epoch: Option<u64>,
-    /// Batch buffers in circulation (being filled, ready, or lent to the consumer).
+    /// Batch buffers in circulation (being filled, ready, or lent to the consumer). A
+    /// consumer that keeps `buffers` batches without dropping any stalls the loader.
     pub buffers: usize,
     pub verify: Verify,
+    /// Decode at 1/2, 1/4 or 1/8 of the size when every view's crop box still has at least
+    /// its output size there. Resolution-safe, but the resampler then sees DCT-scaled pixels
+    /// and reads past the box edges, so views differ slightly from full-size decoding.
+    pub dct_scaling: bool,
 }
 
 impl LoaderConfig {
@@ -78,6 +83,7 @@ impl LoaderConfig {
             end_epoch: None,
             buffers: 4,
             verify: Verify::Checksums,
+            dct_scaling: false,
         }
     }
 
@@ -505,18 +511,32 @@ struct Worker {
 /// The colour a sample becomes when neither it nor its fallback decodes: ImageNet's mean.
 const MEAN_PIXEL: [u8; 3] = [124, 116, 104];
 
+/// What a worker decoded for a job.
+struct Source {
+    /// The size the views' crop boxes refer to (the JPEG's own size).
+    width: u32,
+    height: u32,
+    /// The decoded pixels are 1/`denom` of that size (DCT scaling), rounded up.
+    denom: u32,
+    label: i32,
+    replaced: bool,
+}
+
 impl Worker {
     fn run(self) {
         let mut decoder = JpegDecoder::new().expect("a TurboJPEG instance");
         let mut maker = ViewMaker::new();
         let mut pixels = Vec::new();
+        let mut views = Vec::with_capacity(2 + self.specs.local_crops);
         loop {
             let waited = Instant::now();
             let Ok(job) = self.jobs.recv() else { return };
             self.stats
                 .worker_wait
                 .add_time(stats::WORKER_WAIT, waited.elapsed());
-            let error = self.make(&job, &mut decoder, &mut maker, &mut pixels).err();
+            let error = self
+                .make(&job, &mut decoder, &mut maker, &mut pixels, &mut views)
+                .err();
             self.stats.made.add(stats::WORKER_SAMPLES, 1);
             let Job { seq, batch, .. } = job;
             if self.done.send(Done { seq, batch, error }).is_err() {
@@ -525,37 +545,78 @@ impl Worker {
         }
     }
 
-    /// Decodes the sample, or its fallback, or makes a flat image; returns the label used and
-    /// whether the sample was replaced.
+    /// The views' parameters for a source of `width` x `height`: a pure function of (seed,
+    /// epoch, sample index) and that size.
+    fn draw(&self, job: &Job, width: u32, height: u32, views: &mut Vec<(ViewParams, u32)>) {
+        let mut r = rng::sample_rng(self.seed, job.epoch, job.sample.index);
+        views.clear();
+        for spec in &self.specs.global {
+            views.push((draw_view(&mut r, spec, width, height), spec.size));
+        }
+        for _ in 0..self.specs.local_crops {
+            let spec = &self.specs.local;
+            views.push((draw_view(&mut r, spec, width, height), spec.size));
+        }
+    }
+
+    /// Draws the views and decodes the sample (scaled down when every view allows it), or
+    /// else its fallback, or else makes a flat image.
     fn decode(
         &self,
         job: &Job,
         decoder: &mut JpegDecoder,
         pixels: &mut Vec<u8>,
-    ) -> (u32, u32, i32, bool) {
+        views: &mut Vec<(ViewParams, u32)>,
+    ) -> Source {
         let started = Instant::now();
-        let result = match decoder.decode(job.sample.jpeg(), Pixels::Rgb, pixels) {
-            Ok(d) if d.warning.is_none() => (d.width, d.height, job.sample.label(), false),
-            outcome => {
-                let why = match outcome {
-                    Ok(d) => d.warning.unwrap_or_default(),
+        let jpeg = job.sample.jpeg();
+        let attempt = decoder.header(jpeg).and_then(|header| {
+            self.draw(job, header.width, header.height, views);
+            let denom = if self.specs.dct_scaling {
+                dct_denominator(views.iter().map(|(v, size)| (v, *size)))
+            } else {
+                1
+            };
+            let decoded = decoder.decode_scaled(jpeg, Pixels::Rgb, denom, pixels)?;
+            Ok((header, denom, decoded.warning))
+        });
+        let source = match attempt {
+            Ok((header, denom, None)) => Source {
+                width: header.width,
+                height: header.height,
+                denom,
+                label: job.sample.label(),
+                replaced: false,
+            },
+            failed => {
+                let why = match failed {
+                    Ok((_, _, warning)) => warning.unwrap_or_default(),
                     Err(e) => e.to_string(),
                 };
                 self.report_failure(&job.sample, &why);
-                match decoder.decode(job.fallback.jpeg(), Pixels::Rgb, pixels) {
-                    Ok(d) if d.warning.is_none() => (d.width, d.height, job.fallback.label(), true),
-                    _ => {
-                        pixels.clear();
-                        pixels.extend(MEAN_PIXEL.iter().cycle().take(16 * 16 * 3));
-                        (16, 16, -1, true)
-                    }
+                let (width, height, label) =
+                    match decoder.decode(job.fallback.jpeg(), Pixels::Rgb, pixels) {
+                        Ok(d) if d.warning.is_none() => (d.width, d.height, job.fallback.label()),
+                        _ => {
+                            pixels.clear();
+                            pixels.extend(MEAN_PIXEL.iter().cycle().take(16 * 16 * 3));
+                            (16, 16, -1)
+                        }
+                    };
+                self.draw(job, width, height, views);
+                Source {
+                    width,
+                    height,
+                    denom: 1,
+                    label,
+                    replaced: true,
                 }
             }
         };
         self.stats
             .decode
             .add_time(stats::WORKER_DECODE, started.elapsed());
-        result
+        source
     }
 
     fn report_failure(&self, sample: &SampleData, why: &str) {
@@ -580,35 +641,33 @@ impl Worker {
         decoder: &mut JpegDecoder,
         maker: &mut ViewMaker,
         pixels: &mut Vec<u8>,
+        views: &mut Vec<(ViewParams, u32)>,
     ) -> Result<(), LoaderError> {
-        let (width, height, label, replaced) = self.decode(job, decoder, pixels);
+        let source = self.decode(job, decoder, pixels, views);
         let started = Instant::now();
         // SAFETY: the reader gave this slot to this job alone; it is reported done only after.
         let mut slot = unsafe { job.batch.slot(job.slot, self.shape) };
         *slot.index = job.sample.index;
-        *slot.label = label;
-        *slot.replaced = replaced;
+        *slot.label = source.label;
+        *slot.replaced = source.replaced;
         let src = Rgb {
             pixels,
-            width,
-            height,
+            width: source.width.div_ceil(source.denom),
+            height: source.height.div_ceil(source.denom),
         };
-        let mut r = rng::sample_rng(self.seed, job.epoch, job.sample.index);
         let fail = |e: crate::augment::AugmentError| LoaderError::Augment {
             index: job.sample.index,
             key: job.sample.key().to_owned(),
             why: e.to_string(),
         };
-        for (v, spec) in self.specs.global.iter().enumerate() {
-            let view = draw_view(&mut r, spec, width, height);
+        for (i, (view, size)) in views.iter().enumerate() {
+            let out = if i < 2 {
+                slot.global(i)
+            } else {
+                slot.local(i - 2)
+            };
             maker
-                .make_view(src, &view, spec.size, slot.global(v))
-                .map_err(fail)?;
-        }
-        for v in 0..self.specs.local_crops {
-            let view = draw_view(&mut r, &self.specs.local, width, height);
-            maker
-                .make_view(src, &view, self.specs.local.size, slot.local(v))
+                .make_view_scaled(src, view, source.denom, *size, out)
                 .map_err(fail)?;
         }
         self.stats

@@ -59,6 +59,32 @@ impl ViewMaker {
             .map_err(|e| err(&e))
     }
 
+    /// The crop of a source that was decoded at 1/`denom` of the size `crop` refers to (DCT
+    /// scaling): the box scales down with it, to fractional coordinates, and the resampler
+    /// reads the neighbours of the box's edges, which the full-size path never does.
+    fn scaled_resized_crop(
+        &mut self,
+        src: Rgb<'_>,
+        crop: CropBox,
+        denom: u32,
+        size: u32,
+        out: &mut [u8],
+    ) -> Result<(), AugmentError> {
+        let err = |e: &dyn std::fmt::Display| AugmentError(e.to_string());
+        let image = ImageRef::new(src.width, src.height, src.pixels, PixelType::U8x3)
+            .map_err(|e| err(&e))?;
+        let mut dst =
+            Image::from_slice_u8(size, size, out, PixelType::U8x3).map_err(|e| err(&e))?;
+        let s = 1.0 / f64::from(denom);
+        let f = |v: u32| f64::from(v) * s;
+        let options = ResizeOptions::new()
+            .resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom))
+            .crop(f(crop.left), f(crop.top), f(crop.width), f(crop.height));
+        self.resizer
+            .resize(&image, &mut dst, &options)
+            .map_err(|e| err(&e))
+    }
+
     /// Makes one view of `src` into `out` (`size` x `size` x 3, packed RGB).
     pub fn make_view(
         &mut self,
@@ -67,7 +93,24 @@ impl ViewMaker {
         size: u32,
         out: &mut [u8],
     ) -> Result<(), AugmentError> {
-        self.resized_crop(src, view.crop, (size, size), out)?;
+        self.make_view_scaled(src, view, 1, size, out)
+    }
+
+    /// [`make_view`](Self::make_view) from a source decoded at 1/`denom` of the size the
+    /// view's crop box refers to.
+    pub fn make_view_scaled(
+        &mut self,
+        src: Rgb<'_>,
+        view: &ViewParams,
+        denom: u32,
+        size: u32,
+        out: &mut [u8],
+    ) -> Result<(), AugmentError> {
+        if denom == 1 {
+            self.resized_crop(src, view.crop, (size, size), out)?;
+        } else {
+            self.scaled_resized_crop(src, view.crop, denom, size, out)?;
+        }
         if view.flip {
             color::hflip(out, size as usize);
         }
@@ -88,6 +131,20 @@ impl ViewMaker {
     }
 }
 
+/// The largest DCT scale-down (1, 2, 4 or 8) after which every view's crop box still has at
+/// least its output size in pixels, so decoding smaller loses no resolution any view uses.
+pub fn dct_denominator<'a>(views: impl IntoIterator<Item = (&'a ViewParams, u32)>) -> u32 {
+    let smallest_ratio = views
+        .into_iter()
+        .map(|(v, size)| v.crop.width.min(v.crop.height) / size.max(1))
+        .min()
+        .unwrap_or(1);
+    [8, 4, 2]
+        .into_iter()
+        .find(|&d| smallest_ratio >= d)
+        .unwrap_or(1)
+}
+
 /// The four jitter operations in the drawn order, as torchvision's `ColorJitter` applies them.
 pub fn apply_jitter(rgb: &mut [u8], jitter: &Jitter) {
     for op in jitter.order {
@@ -102,5 +159,36 @@ pub fn apply_jitter(rgb: &mut [u8], jitter: &Jitter) {
             JitterOp::Saturation => color::saturation(rgb, jitter.saturation),
             JitterOp::Hue => color::hue(rgb, jitter.hue),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(width: u32, height: u32) -> ViewParams {
+        ViewParams {
+            crop: CropBox {
+                top: 0,
+                left: 0,
+                height,
+                width,
+            },
+            flip: false,
+            jitter: None,
+            grayscale: false,
+            blur_sigma: None,
+            solarize: false,
+        }
+    }
+
+    #[test]
+    fn dct_scale_is_limited_by_the_tightest_view() {
+        let (big, small) = (view(900, 700), view(200, 390));
+        assert_eq!(dct_denominator([(&big, 224)]), 2); // 700 / 224 = 3.1
+        assert_eq!(dct_denominator([(&big, 96)]), 4); // 700 / 96 = 7.3
+        assert_eq!(dct_denominator([(&big, 80)]), 8);
+        assert_eq!(dct_denominator([(&big, 96), (&small, 96)]), 2);
+        assert_eq!(dct_denominator([(&big, 224), (&small, 224)]), 1);
     }
 }

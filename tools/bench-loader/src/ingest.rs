@@ -2,16 +2,15 @@
 //! one full JPEG decode per image (only a full decode finds a truncated JPEG).
 
 use std::fs;
-use std::io;
-use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use dino_pipeline::ingest::{self as pipeline, IngestConfig, Quiet};
 use dino_pipeline::jpeg::{JpegColor, JpegDecoder, Pixels};
 use serde::Serialize;
+
+use crate::measure::{Sample, measure};
 
 const JPEG_MAGIC: [u8; 3] = [0xFF, 0xD8, 0xFF];
 const MB: f64 = 1e6;
@@ -176,12 +175,6 @@ struct IngestCounts {
     rejected: u64,
 }
 
-#[derive(Clone, Copy)]
-struct Sample {
-    wall_s: f64,
-    cpu_s: f64,
-}
-
 #[derive(Default)]
 struct Runs {
     samples: Vec<Sample>,
@@ -266,30 +259,6 @@ impl Config {
             },
         }
     }
-}
-
-/// Runs `work`, timing it by the wall clock and by this process's CPU time.
-fn measure<T>(work: impl FnOnce() -> Result<T>) -> Result<(Sample, T)> {
-    let cpu_before = process_cpu_seconds()?;
-    let start = Instant::now();
-    let value = work()?;
-    let wall_s = start.elapsed().as_secs_f64();
-    let cpu_s = process_cpu_seconds()? - cpu_before;
-    Ok((Sample { wall_s, cpu_s }, value))
-}
-
-/// User + system CPU seconds of the whole process; threads that have exited still count.
-fn process_cpu_seconds() -> Result<f64> {
-    let mut usage = MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `usage` is valid for writes of one `rusage`, which is all getrusage writes.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error()).context("getrusage(RUSAGE_SELF) failed");
-    }
-    // SAFETY: zero bytes are a valid `rusage` (plain integers), and getrusage succeeded.
-    let usage = unsafe { usage.assume_init() };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
 }
 
 /// Reads and fully decodes every file on `workers` threads; returns how many failed to decode.

@@ -217,7 +217,7 @@ fn corrupt_two_rows(dir: &Path) -> BTreeSet<u64> {
     let split = manifest.splits.get_mut("train").unwrap();
     assert_eq!(split.shards.len(), 1);
     let path = dir.join(&split.shards[0].file);
-    let record = shard::read_record(&path).unwrap();
+    let record = shard::read_record(&path, &shard::read_footer(&path).unwrap()).unwrap();
     let rows = read_shard(&path);
     let tmp = dir.join("rewrite.parquet");
     let mut writer = ShardWriter::create(&tmp, 64 << 20).unwrap();

@@ -113,7 +113,7 @@ impl Dataset {
                 }
             }
             let footer = shard::read_footer(&path)?;
-            let record = shard::read_record(&path)?;
+            let record = shard::read_record(&path, &footer)?;
             if record.plan != entry.plan {
                 return Err(mismatch(
                     "written by another ingest than the manifest's".into(),

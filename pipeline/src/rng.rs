@@ -26,6 +26,14 @@ pub fn sample_rng(seed: u64, epoch: u64, index: u64) -> Xoshiro256PlusPlus {
     rng(seed, mix64(mix64(epoch ^ 0xA5A5_0000_0000_0000) ^ index))
 }
 
+/// Seeded pseudo-random bytes, for tests that need varied pixels.
+#[cfg(test)]
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = vec![0; len];
+    rng(seed, 0).fill_bytes(&mut bytes);
+    bytes
+}
+
 /// Uniform in `0..n` without modulo bias (Lemire's multiply-and-reject).
 pub fn below(rng: &mut impl Rng, n: u64) -> u64 {
     assert!(n > 0, "below(0)");

@@ -339,10 +339,9 @@ fn key_value<'a>(meta: &'a ParquetMetaData, key: &str) -> Option<&'a str> {
         .as_deref()
 }
 
-/// The [`ShardRecord`] stored in a shard's footer.
-pub fn read_record(path: &Path) -> Result<ShardRecord, ShardError> {
-    let meta = read_footer(path)?;
-    let json = key_value(&meta, META_RECORD)
+/// The [`ShardRecord`] stored in the footer `meta` of the shard at `path`.
+pub fn read_record(path: &Path, meta: &ParquetMetaData) -> Result<ShardRecord, ShardError> {
+    let json = key_value(meta, META_RECORD)
         .ok_or_else(|| ShardError::format(path, format!("no {META_RECORD} key in the footer")))?;
     serde_json::from_str(json)
         .map_err(|e| ShardError::format(path, format!("bad {META_RECORD} record: {e}")))

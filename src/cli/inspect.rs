@@ -117,7 +117,7 @@ fn verify_shard(dir: &Path, split: &SplitEntry, entry: &ShardEntry) -> anyhow::R
     if rows != entry.rows {
         bail!("{rows} rows, the manifest says {}", entry.rows);
     }
-    let record = shard::read_record(&path)?;
+    let record = shard::read_record(&path, &footer)?;
     if record.plan != split.plan {
         bail!(
             "written by another ingest (plan {}), not this split's",

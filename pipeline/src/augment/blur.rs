@@ -235,6 +235,7 @@ pub fn gaussian_blur(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::noise;
 
     /// PIL's box pass over `len` pixels of `channels` interleaved values, read at `stride`
     /// apart in `src` and written the same way to `dst`.
@@ -298,20 +299,6 @@ mod tests {
             }
             pixels.copy_from_slice(&scratch);
         }
-    }
-
-    /// Pseudo-random bytes (splitmix64).
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..len)
-            .map(|_| {
-                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = x;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                (z ^ (z >> 31)) as u8
-            })
-            .collect()
     }
 
     #[test]

@@ -528,6 +528,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::noise;
 
     /// PIL's RGB to 8-bit HSV, as written in `rgb2hsv` (it follows Python's colorsys, with
     /// its float/double mix).
@@ -593,20 +594,6 @@ mod tests {
     fn all_colours() -> Vec<u8> {
         (0..1u32 << 24)
             .flat_map(|c| [(c >> 16) as u8, (c >> 8) as u8, c as u8])
-            .collect()
-    }
-
-    /// Pseudo-random bytes (splitmix64).
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..len)
-            .map(|_| {
-                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = x;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                (z ^ (z >> 31)) as u8
-            })
             .collect()
     }
 

@@ -312,8 +312,10 @@ pub fn ingest(cfg: &IngestConfig, observer: &dyn Observer) -> Result<IngestRepor
     let mut resumed: Vec<(ShardEntry, ShardRecord)> = Vec::new();
     let mut covered = 0;
     for (&index, path) in &existing {
-        match shard::read_record(path) {
-            Ok(r) if r.plan == plan && r.index == index && r.input_start == covered => {
+        let footer =
+            shard::read_footer(path).and_then(|meta| Ok((shard::read_record(path, &meta)?, meta)));
+        match footer {
+            Ok((r, meta)) if r.plan == plan && r.index == index && r.input_start == covered => {
                 if index != resumed.len() {
                     break;
                 }
@@ -323,12 +325,12 @@ pub fn ingest(cfg: &IngestConfig, observer: &dyn Observer) -> Result<IngestRepor
                     file: shard::shard_file_name(&cfg.split, index),
                     rows: r.rows,
                     bytes,
-                    row_groups: shard::read_footer(path)?.num_row_groups(),
+                    row_groups: meta.num_row_groups(),
                     sha256,
                 };
                 resumed.push((entry, r));
             }
-            Ok(r) if r.plan == plan => break,
+            Ok((r, _)) if r.plan == plan => break,
             _ if cfg.overwrite => break,
             Ok(_) => {
                 return Err(IngestError::Conflict(format!(

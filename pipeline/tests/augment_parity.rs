@@ -78,7 +78,9 @@ fn run_steps(steps: &[Value], mut px: Vec<u8>, mut w: u32, mut h: u32) -> (Vec<u
                     width: w,
                     height: h,
                 };
-                maker.resized_crop(src, crop, (ow, oh), &mut out).unwrap();
+                maker
+                    .resized_crop(src, crop, 1, (ow, oh), &mut out)
+                    .unwrap();
                 (px, w, h, resized) = (out, ow, oh, true);
             }
             "hflip" => color::hflip(&mut px, w as usize),

@@ -38,51 +38,35 @@ impl ViewMaker {
     /// torchvision's `resized_crop(..., BICUBIC)` on a PIL image: the box is cut out first
     /// (the filter never reads outside it), then resampled with the a = -0.5 cubic, widened
     /// when downscaling (antialiased), into `out` (`width` x `height` x 3).
+    ///
+    /// When `src` was decoded at 1/`denom` of the size `crop` refers to (DCT scaling), the box
+    /// scales down with it to fractional coordinates, and the resampler then reads the
+    /// neighbours of the box's edges, which the full-size path never does.
     pub fn resized_crop(
         &mut self,
         src: Rgb<'_>,
         crop: CropBox,
+        denom: u32,
         (width, height): (u32, u32),
         out: &mut [u8],
     ) -> Result<(), AugmentError> {
         let err = |e: &dyn std::fmt::Display| AugmentError(e.to_string());
         let image = ImageRef::new(src.width, src.height, src.pixels, PixelType::U8x3)
             .map_err(|e| err(&e))?;
-        let boxed = CroppedImage::new(&image, crop.left, crop.top, crop.width, crop.height)
-            .map_err(|e| err(&e))?;
         let mut dst =
             Image::from_slice_u8(width, height, out, PixelType::U8x3).map_err(|e| err(&e))?;
         let options =
             ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
-        self.resizer
-            .resize(&boxed, &mut dst, &options)
-            .map_err(|e| err(&e))
-    }
-
-    /// The crop of a source that was decoded at 1/`denom` of the size `crop` refers to (DCT
-    /// scaling): the box scales down with it, to fractional coordinates, and the resampler
-    /// reads the neighbours of the box's edges, which the full-size path never does.
-    fn scaled_resized_crop(
-        &mut self,
-        src: Rgb<'_>,
-        crop: CropBox,
-        denom: u32,
-        size: u32,
-        out: &mut [u8],
-    ) -> Result<(), AugmentError> {
-        let err = |e: &dyn std::fmt::Display| AugmentError(e.to_string());
-        let image = ImageRef::new(src.width, src.height, src.pixels, PixelType::U8x3)
-            .map_err(|e| err(&e))?;
-        let mut dst =
-            Image::from_slice_u8(size, size, out, PixelType::U8x3).map_err(|e| err(&e))?;
-        let s = 1.0 / f64::from(denom);
-        let f = |v: u32| f64::from(v) * s;
-        let options = ResizeOptions::new()
-            .resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom))
-            .crop(f(crop.left), f(crop.top), f(crop.width), f(crop.height));
-        self.resizer
-            .resize(&image, &mut dst, &options)
-            .map_err(|e| err(&e))
+        if denom == 1 {
+            let boxed = CroppedImage::new(&image, crop.left, crop.top, crop.width, crop.height)
+                .map_err(|e| err(&e))?;
+            self.resizer.resize(&boxed, &mut dst, &options)
+        } else {
+            let f = |v: u32| f64::from(v) / f64::from(denom);
+            let options = options.crop(f(crop.left), f(crop.top), f(crop.width), f(crop.height));
+            self.resizer.resize(&image, &mut dst, &options)
+        }
+        .map_err(|e| err(&e))
     }
 
     /// Makes one view of `src` into `out` (`size` x `size` x 3, packed RGB).
@@ -106,11 +90,7 @@ impl ViewMaker {
         size: u32,
         out: &mut [u8],
     ) -> Result<(), AugmentError> {
-        if denom == 1 {
-            self.resized_crop(src, view.crop, (size, size), out)?;
-        } else {
-            self.scaled_resized_crop(src, view.crop, denom, size, out)?;
-        }
+        self.resized_crop(src, view.crop, denom, (size, size), out)?;
         if view.flip {
             color::hflip(out, size as usize);
         }

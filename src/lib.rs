@@ -1,4 +1,13 @@
 //! dino-stream: DINO self-supervised pre-training of Vision Transformers, fed by a streaming
 //! multi-crop pipeline (the `dino-pipeline` crate).
 
+pub mod checkpoint;
 pub mod cli;
+pub mod config;
+pub mod device;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod params;
+pub mod schedule;
+pub mod train;

@@ -4,8 +4,10 @@
 #
 # usage: tools/quickstart.sh [RUN_DIR]   (default: runs/quickstart)
 #
-# The main job today is ingest: 1,000 real 500x375 photos in 93 classes become Parquet shards
-# in RUN_DIR/shards, which `inspect --verify` then re-checks.
+# The main job: 1,000 real 500x375 photos in 93 classes become Parquet shards in
+# RUN_DIR/shards (`inspect --verify` re-checks them), then DINO trains a small ViT on them on
+# the CPU with configs/quickstart.toml, writing RUN_DIR/train (config.toml, metrics.jsonl,
+# checkpoints/). A rerun resumes the training where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run_dir=${1:-runs/quickstart}
@@ -21,4 +23,7 @@ bash tools/fetch-sample-data.sh "$samples" crops 1000
 dino_stream() { cargo run --quiet --release --locked -p dino-stream -- "$@"; }
 dino_stream ingest --src "$samples" --out "$run_dir/shards"
 dino_stream inspect "$run_dir/shards" --verify
-echo "[quickstart] done: shards and manifest in $run_dir/shards"
+resume=()
+[ -d "$run_dir/train/checkpoints" ] && resume=(--resume)
+dino_stream train --config configs/quickstart.toml --data "$run_dir/shards" --out "$run_dir/train" "${resume[@]}"
+echo "[quickstart] done: shards in $run_dir/shards, training run in $run_dir/train"

@@ -327,6 +327,21 @@ impl Loader {
     }
 }
 
+/// Pins glibc's mmap threshold at 1 MiB. glibc otherwise raises it after every large free, so
+/// the loader's row-group buffers (8-64 MiB, allocated and freed as the reader moves on) end
+/// up on the heap, fragment it, and peak RSS creeps up with run time and with the number of
+/// distinct row groups read. Measured on 1k vs 10k samples (8 MiB row groups, 20 s): 196 vs
+/// 224 MiB without this, 177 vs 186 MiB with it. Not for the trainer: Burn's CPU activations
+/// (a few MiB each) would then be mmapped and page-faulted afresh every step, which made a
+/// quickstart step 1.3x slower (benches/train_step.rs, side by side).
+pub fn pin_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning; called before the loader's threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 impl Iterator for Loader {
     type Item = Result<LoanedBatch, LoaderError>;
     fn next(&mut self) -> Option<Self::Item> {

@@ -26,6 +26,11 @@ pub fn sample_rng(seed: u64, epoch: u64, index: u64) -> Xoshiro256PlusPlus {
     rng(seed, mix64(mix64(epoch ^ 0xA5A5_0000_0000_0000) ^ index))
 }
 
+/// Uniform in [0, 1) with 53 random bits.
+pub fn unit(rng: &mut impl Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
 /// Seeded pseudo-random bytes, for tests that need varied pixels.
 #[cfg(test)]
 pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {

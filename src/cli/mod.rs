@@ -2,6 +2,8 @@
 
 mod ingest;
 mod inspect;
+mod metrics_endpoint;
+mod train;
 
 use std::process::ExitCode;
 
@@ -14,7 +16,7 @@ use clap::{Parser, Subcommand};
     about = "DINO self-supervised pre-training with a streaming multi-crop data pipeline",
     long_about = "DINO self-supervised pre-training with a streaming multi-crop data pipeline.\n\n\
         Start with `ingest`, which turns an image folder into Parquet shards; `inspect` shows \
-        and verifies what it wrote."
+        and verifies what it wrote; `train` runs DINO on them."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,6 +27,7 @@ struct Cli {
 enum Command {
     Ingest(ingest::Args),
     Inspect(inspect::Args),
+    Train(train::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -32,6 +35,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ingest(args) => ingest::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(code) => code,

@@ -104,17 +104,12 @@ pub struct ViewParams {
     pub solarize: bool,
 }
 
-/// Uniform in [0, 1) with 53 random bits.
-pub fn unit(rng: &mut impl Rng) -> f64 {
-    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-}
-
 fn uniform(rng: &mut impl Rng, (lo, hi): (f64, f64)) -> f64 {
-    lo + (hi - lo) * unit(rng)
+    lo + (hi - lo) * rng::unit(rng)
 }
 
 fn chance(rng: &mut impl Rng, p: f64) -> bool {
-    unit(rng) < p
+    rng::unit(rng) < p
 }
 
 /// torchvision's `RandomResizedCrop.get_params`: up to 10 tries of an area fraction and a

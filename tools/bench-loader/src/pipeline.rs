@@ -14,7 +14,7 @@ use dino_pipeline::loader::{Loader, LoaderConfig, QueueDepths};
 use dino_pipeline::rng::sample_rng;
 use serde::Serialize;
 
-use crate::measure::{self, Sample, Stopwatch, peak_rss_mib};
+use crate::measure::{Sample, Stopwatch, peak_rss_mib};
 
 const MB: f64 = 1e6;
 const GIB: usize = 1 << 30;
@@ -116,7 +116,7 @@ fn name(value: impl ValueEnum) -> String {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    measure::pin_mmap_threshold();
+    dino_pipeline::loader::pin_mmap_threshold();
     let dir = args
         .data
         .as_deref()

@@ -1,0 +1,224 @@
+//! Checkpoints: everything a run needs to continue exactly.
+//!
+//! `RUN/checkpoints/step-NNNNNNNN/` holds `student.safetensors`, `teacher.safetensors`,
+//! `optimizer.safetensors` (AdamW moments `m.NAME`/`v.NAME` and the loss `center`) and
+//! `state.json` (step, pipeline position, per-tensor optimizer steps, config). A checkpoint is
+//! written into a hidden temporary folder, fsynced, then renamed: a crash leaves either the
+//! previous checkpoints or a complete new one. The stochastic-depth draws are a function of
+//! (seed, step), so the step is the whole random state.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use dino_pipeline::batch::Position;
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+
+/// Named f32 tensors on the host: shape and values.
+pub type HostTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub format: String,
+    /// optimizer steps done
+    pub step: u64,
+    /// where the pipeline continues
+    pub position: PositionRecord,
+    /// AdamW's per-tensor step counts
+    pub optimizer_steps: BTreeMap<String, u64>,
+    /// the effective config, TOML
+    pub config: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PositionRecord {
+    pub epoch: u64,
+    pub consumed: u64,
+}
+
+impl From<Position> for PositionRecord {
+    fn from(p: Position) -> Self {
+        Self {
+            epoch: p.epoch,
+            consumed: p.consumed,
+        }
+    }
+}
+
+impl From<PositionRecord> for Position {
+    fn from(p: PositionRecord) -> Self {
+        Position {
+            epoch: p.epoch,
+            consumed: p.consumed,
+        }
+    }
+}
+
+pub const FORMAT: &str = "dino-stream-checkpoint-v1";
+
+pub struct Checkpoint {
+    pub state: State,
+    pub student: HostTensors,
+    pub teacher: HostTensors,
+    /// `m.NAME`, `v.NAME` and `center`
+    pub optimizer: HostTensors,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a readable safetensors file: {why}")]
+    Tensors { path: PathBuf, why: String },
+    #[error("{path}: {why}")]
+    State { path: PathBuf, why: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn dir_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+/// Writes a safetensors file of f32 tensors and fsyncs it.
+pub fn write_tensors(path: &Path, tensors: &HostTensors) -> Result<(), CheckpointError> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(name, (shape, values))| {
+            let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.clone(), raw, shape.clone())
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, raw, shape)| {
+            let view = TensorView::new(Dtype::F32, shape.clone(), raw).expect("shape matches data");
+            (name.as_str(), view)
+        })
+        .collect::<Vec<_>>();
+    let data = safetensors::serialize(views, None).map_err(|e| CheckpointError::Tensors {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let mut file = fs::File::create(path).map_err(io(path))?;
+    file.write_all(&data).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
+/// Reads every tensor of a safetensors file as f32 (F32 only).
+pub fn read_tensors(path: &Path) -> Result<HostTensors, CheckpointError> {
+    let data = fs::read(path).map_err(io(path))?;
+    let bad = |why: String| CheckpointError::Tensors {
+        path: path.to_path_buf(),
+        why,
+    };
+    let file = safetensors::SafeTensors::deserialize(&data).map_err(|e| bad(e.to_string()))?;
+    let mut out = HostTensors::new();
+    for (name, view) in file.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(bad(format!(
+                "tensor `{name}` is {:?}, expected F32",
+                view.dtype()
+            )));
+        }
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.insert(name, (view.shape().to_vec(), values));
+    }
+    Ok(out)
+}
+
+impl Checkpoint {
+    /// Writes `dir/step-NNNNNNNN` atomically and removes all but the newest `keep`.
+    pub fn save(&self, dir: &Path, keep: usize) -> Result<PathBuf, CheckpointError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let name = dir_name(self.state.step);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        fs::create_dir(&tmp).map_err(io(&tmp))?;
+        write_tensors(&tmp.join("student.safetensors"), &self.student)?;
+        write_tensors(&tmp.join("teacher.safetensors"), &self.teacher)?;
+        write_tensors(&tmp.join("optimizer.safetensors"), &self.optimizer)?;
+        let state_path = tmp.join("state.json");
+        let json = serde_json::to_vec_pretty(&self.state).expect("state serializes");
+        let mut file = fs::File::create(&state_path).map_err(io(&state_path))?;
+        file.write_all(&json).map_err(io(&state_path))?;
+        file.sync_all().map_err(io(&state_path))?;
+        sync_dir(&tmp)?;
+        let dest = dir.join(&name);
+        if dest.exists() {
+            fs::remove_dir_all(&dest).map_err(io(&dest))?;
+        }
+        fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        sync_dir(dir)?;
+        for old in list(dir)?.into_iter().rev().skip(keep) {
+            fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        Ok(dest)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, CheckpointError> {
+        let state_path = path.join("state.json");
+        let text = fs::read(&state_path).map_err(io(&state_path))?;
+        let state: State = serde_json::from_slice(&text).map_err(|e| CheckpointError::State {
+            path: state_path.clone(),
+            why: e.to_string(),
+        })?;
+        if state.format != FORMAT {
+            return Err(CheckpointError::State {
+                path: state_path,
+                why: format!("format `{}` is not `{FORMAT}`", state.format),
+            });
+        }
+        Ok(Self {
+            state,
+            student: read_tensors(&path.join("student.safetensors"))?,
+            teacher: read_tensors(&path.join("teacher.safetensors"))?,
+            optimizer: read_tensors(&path.join("optimizer.safetensors"))?,
+        })
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io(dir))
+}
+
+/// Complete checkpoints in `dir`, oldest first.
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            Some((step, entry.path()))
+        })
+        .collect();
+    found.sort();
+    Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
+/// The newest complete checkpoint in `dir`.
+pub fn latest(dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    Ok(list(dir)?.pop())
+}

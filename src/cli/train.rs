@@ -1,0 +1,159 @@
+//! `dino-stream train`: DINO pre-training of a ViT on ingested shards.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::config::Config;
+use crate::device::{self, BackendJob, DeviceChoice};
+use crate::train::{self, Event, RunOptions, Summary};
+
+/// Pre-train a ViT with DINO on shards written by `ingest`.
+///
+/// The config (TOML; every key defaults to the official recipe, see configs/) is saved as
+/// RUN/config.toml. RUN/metrics.jsonl gets one line per run.log_every steps (loss, lr, weight
+/// decay, teacher momentum and temperature, images/s, data wait, teacher entropy);
+/// RUN/checkpoints/ keeps the newest checkpoints (at each epoch end, every
+/// run.checkpoint_every steps, and at the end). --resume continues the run in RUN exactly
+/// where its newest checkpoint left it.
+///
+/// Overrides: --set SECTION.KEY=VALUE (repeatable), e.g. --set optim.epochs=5
+/// --set data.batch_size=32 --set model.arch=vit_tiny.
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Run config (TOML); without it, the official recipe (ViT-S/16, ImageNet settings)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Shard folder written by `ingest` (holds manifest.json)
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Run folder: config.toml, metrics.jsonl, checkpoints/
+    #[arg(long, value_name = "RUN")]
+    out: PathBuf,
+    /// Continue the run in RUN from its newest checkpoint
+    #[arg(long)]
+    resume: bool,
+    /// cpu, cuda or cuda:N (cuda needs a build with --features cuda)
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: DeviceChoice,
+    /// Override a config key: SECTION.KEY=VALUE (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Serve the training and pipeline metrics for Prometheus at this address (e.g.
+    /// 127.0.0.1:9464)
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+}
+
+struct Job {
+    cfg: Config,
+    opts: RunOptions,
+}
+
+impl BackendJob for Job {
+    type Output = Result<Summary, train::TrainError>;
+    fn run<A: burn::tensor::backend::AutodiffBackend>(self, device: A::Device) -> Self::Output {
+        let bar = if std::io::stderr().is_terminal() {
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps ({per_sec}, eta {eta}) {msg}",
+            )
+            .expect("valid template"),
+        );
+        let plain = bar.is_hidden();
+        // a hidden bar swallows println: without a terminal, lines go straight to stderr
+        let say = |text: String| {
+            if plain {
+                eprintln!("{text}");
+            } else {
+                bar.println(text);
+            }
+        };
+        let mut on_event = |event: Event| match event {
+            Event::Start {
+                first_step,
+                total_steps,
+                steps_per_epoch,
+            } => {
+                bar.set_length(total_steps);
+                bar.set_position(first_step);
+                eprintln!(
+                    "training: steps {first_step}..{total_steps}, {steps_per_epoch} per epoch"
+                );
+            }
+            Event::Step { step, loss } => {
+                bar.set_position(step);
+                bar.set_message(format!("loss {loss:.4}"));
+            }
+            Event::Log(line) => {
+                if plain {
+                    eprintln!(
+                        "step {} epoch {} loss {:.4} lr {:.3e} wd {:.4} momentum {:.5} \
+                         teacher_temp {:.4} {:.1} img/s data_wait {:.1}% entropy {:.3}",
+                        line.step,
+                        line.epoch,
+                        line.loss,
+                        line.lr,
+                        line.wd,
+                        line.momentum,
+                        line.teacher_temp,
+                        line.images_per_sec,
+                        100.0 * line.data_wait_fraction,
+                        line.teacher_entropy
+                    );
+                }
+            }
+            Event::Checkpoint(path) => say(format!("checkpoint: {}", path.display())),
+            Event::Warning(text) => {
+                log::warn!("{text}");
+                say(format!("warning: {text}"));
+            }
+        };
+        let result = train::train::<A>(&self.cfg, &self.opts, &device, &mut on_event);
+        bar.finish_and_clear();
+        result
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(args.config.as_deref(), &args.overrides)?;
+    if let Some(addr) = args.metrics_addr {
+        let bound = super::metrics_endpoint::serve(addr)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        eprintln!("metrics: http://{bound}/metrics");
+    }
+    let job = Job {
+        cfg,
+        opts: RunOptions {
+            data: args.data.clone(),
+            out: args.out.clone(),
+            resume: args.resume,
+        },
+    };
+    let summary = device::dispatch(args.device, job)
+        .map_err(anyhow::Error::msg)?
+        .with_context(|| format!("training into {}", args.out.display()))?;
+    let checkpoint = summary
+        .checkpoint
+        .map_or("none".into(), |p| p.display().to_string());
+    if summary.ran == 0 {
+        println!(
+            "nothing to do: the run is complete at step {} (checkpoint {checkpoint})",
+            summary.steps
+        );
+    } else {
+        println!(
+            "done: {} steps ({} now), last loss {:.4}, checkpoint {checkpoint}",
+            summary.steps, summary.ran, summary.last_loss
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,83 @@
+//! The DINO loss: cross-entropy between the centred, sharpened teacher distribution of each
+//! global view and the student distribution of every other view (`DINOLoss` of the official
+//! code), and the centre that keeps the teacher from collapsing.
+
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+
+pub struct DinoLoss<B: Backend> {
+    pub student_temp: f64,
+    pub center_momentum: f64,
+    /// [1, K], an EMA of the teacher's batch-mean logits
+    pub center: Tensor<B, 2>,
+}
+
+/// What the teacher's targets look like, for the logs and the collapse guard.
+pub struct TeacherStats {
+    /// Mean per-sample entropy of the teacher distribution (nats): ln K when uniform.
+    pub entropy: f64,
+    /// Entropy of the batch-mean teacher distribution: near 0 when every sample picks the
+    /// same prototype.
+    pub marginal_entropy: f64,
+}
+
+impl<B: Backend> DinoLoss<B> {
+    pub fn new(
+        out_dim: usize,
+        student_temp: f64,
+        center_momentum: f64,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            student_temp,
+            center_momentum,
+            center: Tensor::zeros([1, out_dim], device),
+        }
+    }
+
+    /// softmax((t - center) / temp) per row: [2B, K] -> [2B, K].
+    pub fn teacher_targets(&self, teacher_out: Tensor<B, 2>, teacher_temp: f64) -> Tensor<B, 2> {
+        softmax((teacher_out - self.center.clone()) / teacher_temp, 1)
+    }
+
+    /// center <- m * center + (1 - m) * mean of the raw teacher logits; after the loss.
+    pub fn update_center(&mut self, teacher_out: Tensor<B, 2>) {
+        let batch_center = teacher_out.mean_dim(0); // [1, K]
+        self.center = self.center.clone() * self.center_momentum
+            + batch_center * (1.0 - self.center_momentum);
+    }
+}
+
+impl<B: Backend> DinoLoss<B> {
+    /// The loss for `student_out` [V*B, K] (view-major: global 1, global 2, then the locals)
+    /// against teacher `targets` [2*B, K]. Averaged over the 2*(V-1) (teacher view i, student
+    /// view v != i) pairs and over the batch.
+    pub fn forward<A>(&self, student_out: Tensor<A, 2>, targets: Tensor<A, 2>) -> Tensor<A, 1>
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+    {
+        let [rows, k] = student_out.dims();
+        let b = targets.dims()[0] / 2;
+        let views = rows / b;
+        let log_p = log_softmax(student_out / self.student_temp, 1).reshape([views, b, k]);
+        let q = targets.reshape([2, b, k]);
+        // sum over v != i of log p_v = (sum over all v) - log p_i
+        let others = log_p.clone().sum_dim(0) - log_p.narrow(0, 0, 2); // [2, B, K]
+        let pairs = 2 * (views - 1);
+        (q * others).sum().neg() / (pairs * b) as f64
+    }
+}
+
+/// Entropies of the teacher targets [2B, K].
+pub fn teacher_stats<B: Backend>(targets: Tensor<B, 2>) -> TeacherStats {
+    let entropy = |p: Tensor<B, 2>| -> f64 {
+        let rows = p.dims()[0];
+        let plogp = p.clone() * p.clamp_min(1e-30).log();
+        plogp.sum().neg().into_scalar().elem::<f64>() / rows as f64
+    };
+    TeacherStats {
+        entropy: entropy(targets.clone()),
+        marginal_entropy: entropy(targets.mean_dim(0)),
+    }
+}

@@ -1,0 +1,79 @@
+//! The DINO projection head: a 3-layer MLP to a bottleneck, L2 normalization, and a
+//! weight-normalized linear layer to K prototypes (`DINOHead` of the official code).
+
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+use burn::tensor::activation::gelu;
+use burn::tensor::backend::Backend;
+
+use super::HeadConfig;
+use super::layers::{Init, Linear, constant, param};
+
+/// `torch.nn.utils.weight_norm(Linear(bottleneck, K, bias=False))`: weight = g * v / ||v||
+/// per output row.
+#[derive(Module, Debug)]
+pub struct WeightNormLinear<B: Backend> {
+    /// [K, 1]; frozen at 1 when `norm_last_layer` (the logits are then cosines)
+    pub weight_g: Param<Tensor<B, 2>>,
+    /// [K, bottleneck]
+    pub weight_v: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> WeightNormLinear<B> {
+    /// [M, bottleneck] -> [M, K]
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let v = self.weight_v.val();
+        let norm = v.clone().square().sum_dim(1).sqrt(); // [K, 1]
+        let weight = v * (self.weight_g.val() / norm);
+        x.matmul(weight.transpose())
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DinoHead<B: Backend> {
+    /// Linear layers 0, 1, 2 (indices 0, 2, 4 of the official `nn.Sequential`, GELUs between)
+    pub mlp: Vec<Linear<B>>,
+    pub last_layer: WeightNormLinear<B>,
+}
+
+impl<B: Backend> DinoHead<B> {
+    pub fn new(cfg: &HeadConfig, in_dim: usize, init: &mut Init, device: &B::Device) -> Self {
+        let dims = [in_dim, cfg.hidden_dim, cfg.hidden_dim, cfg.bottleneck_dim];
+        let mlp = dims
+            .windows(2)
+            .map(|w| Linear::trunc_normal(init, w[0], w[1], device))
+            .collect();
+        // the last layer keeps PyTorch's default Linear init; weight_norm then sets g = ||v||,
+        // which the official head overwrites with 1
+        let (k, bottleneck) = (cfg.out_dim, cfg.bottleneck_dim);
+        let bound = 1.0 / (bottleneck as f64).sqrt();
+        let weight_g = constant(1.0, [k, 1], device);
+        let weight_g = if cfg.norm_last_layer {
+            weight_g.set_require_grad(false)
+        } else {
+            weight_g
+        };
+        Self {
+            mlp,
+            last_layer: WeightNormLinear {
+                weight_g,
+                weight_v: param(init.uniform(k * bottleneck, bound), [k, bottleneck], device),
+            },
+        }
+    }
+
+    /// [M, D] -> [M, K]
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let last = self.mlp.len() - 1;
+        let mut x = x;
+        for (i, layer) in self.mlp.iter().enumerate() {
+            x = layer.forward(x);
+            if i < last {
+                x = gelu(x);
+            }
+        }
+        // F.normalize(x, dim=-1, eps=1e-12)
+        let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+        self.last_layer.forward(x / norm)
+    }
+}

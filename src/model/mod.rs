@@ -1,0 +1,89 @@
+//! The DINO networks: a ViT backbone in timm's layout, the DINO head, and the multi-crop
+//! wrapper that runs each crop resolution as one backbone pass.
+
+mod head;
+mod layers;
+mod pos_embed;
+mod vit;
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+pub use head::{DinoHead, WeightNormLinear};
+pub use layers::{Init, LayerNorm, Linear, Mlp};
+pub use vit::{Attention, Block, BlockDrop, PatchEmbed, VisionTransformer};
+
+/// A ViT's shape. `img_size` fixes the learned positional grid (`img_size / patch_size`
+/// per side); other crop sizes interpolate it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VitConfig {
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub mlp_ratio: usize,
+    pub patch_size: usize,
+    pub img_size: usize,
+}
+
+/// The named architectures of the recipe (`dino-recipe.md` §1.3).
+pub const ARCHS: [(&str, usize, usize, usize); 3] = [
+    ("vit_tiny", 192, 12, 3),
+    ("vit_small", 384, 12, 6),
+    ("vit_base", 768, 12, 12),
+];
+
+impl VitConfig {
+    pub fn named(arch: &str, patch_size: usize, img_size: usize) -> Option<Self> {
+        ARCHS
+            .iter()
+            .find(|(name, ..)| *name == arch)
+            .map(|&(_, embed_dim, depth, num_heads)| Self {
+                embed_dim,
+                depth,
+                num_heads,
+                mlp_ratio: 4,
+                patch_size,
+                img_size,
+            })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadConfig {
+    pub out_dim: usize,
+    pub hidden_dim: usize,
+    pub bottleneck_dim: usize,
+    pub norm_last_layer: bool,
+}
+
+/// Crops of one resolution, [n, 3, H, W], with their stochastic-depth factors (student only).
+pub type CropGroup<B> = (Tensor<B, 4>, Option<Vec<BlockDrop<B>>>);
+
+/// Backbone + head, as the official `MultiCropWrapper`.
+#[derive(Module, Debug)]
+pub struct Dino<B: Backend> {
+    pub backbone: VisionTransformer<B>,
+    pub head: DinoHead<B>,
+}
+
+impl<B: Backend> Dino<B> {
+    pub fn new(vit: &VitConfig, head: &HeadConfig, seed: u64, device: &B::Device) -> Self {
+        let mut init = Init::new(seed);
+        let backbone = VisionTransformer::new(vit, &mut init, device);
+        let head = DinoHead::new(head, vit.embed_dim, &mut init, device);
+        Self { backbone, head }
+    }
+
+    /// Each group holds crops of one resolution ([n_i, 3, H_i, W_i], one backbone pass each,
+    /// with its own stochastic-depth factors); the CLS features are concatenated in order and
+    /// the head runs once on all: -> [sum n_i, K].
+    pub fn forward(&self, groups: Vec<CropGroup<B>>) -> Tensor<B, 2> {
+        let features = groups
+            .into_iter()
+            .map(|(x, drop)| self.backbone.forward(x, drop.as_deref()))
+            .collect();
+        self.head.forward(Tensor::cat(features, 0))
+    }
+}

@@ -1,0 +1,229 @@
+//! The ViT backbone of DINO (DeiT-style, pre-norm), named and shaped after timm's
+//! `VisionTransformer`: `cls_token`, `pos_embed`, `patch_embed.proj`, `blocks.N.*`, `norm`.
+
+use burn::module::{Module, Param};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use super::VitConfig;
+use super::layers::{Init, LayerNorm, Linear, Mlp, param};
+use super::pos_embed::resize_matrix;
+
+const LN_EPS: f64 = 1e-6;
+
+/// Non-overlapping patches to tokens: a Conv2d with stride = kernel = patch size.
+#[derive(Module, Debug)]
+pub struct PatchEmbed<B: Backend> {
+    pub proj: Conv2d<B>,
+}
+
+impl<B: Backend> PatchEmbed<B> {
+    fn new(init: &mut Init, patch: usize, dim: usize, device: &B::Device) -> Self {
+        let mut proj = Conv2dConfig::new([3, dim], [patch, patch])
+            .with_stride([patch, patch])
+            .with_padding(PaddingConfig2d::Valid)
+            .init(device);
+        // PyTorch's default Conv2d init, which the recipe keeps for the patch embedding
+        let bound = 1.0 / ((3 * patch * patch) as f64).sqrt();
+        proj.weight = param(
+            init.uniform(dim * 3 * patch * patch, bound),
+            [dim, 3, patch, patch],
+            device,
+        );
+        proj.bias = Some(param(init.uniform(dim, bound), [dim], device));
+        Self { proj }
+    }
+
+    /// [B, 3, H, W] -> [B, H/p * W/p, D], patches in row-major order.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
+        let x = self.proj.forward(x); // [B, D, H/p, W/p]
+        x.flatten::<3>(2, 3).swap_dims(1, 2)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub qkv: Linear<B>,
+    pub proj: Linear<B>,
+    num_heads: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    fn new(init: &mut Init, dim: usize, num_heads: usize, device: &B::Device) -> Self {
+        Self {
+            qkv: Linear::trunc_normal(init, dim, 3 * dim, device),
+            proj: Linear::trunc_normal(init, dim, dim, device),
+            num_heads,
+        }
+    }
+
+    /// softmax(q k^T / sqrt(head_dim)) [B, H, N, N] and v [B, H, N, hd].
+    fn weights(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, n, d] = x.dims();
+        let hd = d / self.num_heads;
+        // qkv rows are (q|k|v) x heads x head_dim
+        let qkv = self.qkv.forward(x).reshape([b, n, 3, self.num_heads, hd]);
+        let part = |i: usize| {
+            qkv.clone()
+                .narrow(2, i, 1)
+                .reshape([b, n, self.num_heads, hd])
+                .swap_dims(1, 2) // [B, H, N, hd]
+        };
+        let (q, k, v) = (part(0), part(1), part(2));
+        let scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
+        (softmax(scores, 3), v)
+    }
+
+    /// [B, N, D] -> [B, N, D]
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, n, d] = x.dims();
+        let (attn, v) = self.weights(x);
+        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
+        self.proj.forward(out)
+    }
+}
+
+/// Per-sample stochastic-depth factors of one block, `[B, 1, 1]`: 0 for a dropped residual
+/// branch, 1/keep otherwise. Drawn by the trainer from its own seeded stream so that a
+/// resumed run draws the same ones.
+#[derive(Clone, Debug)]
+pub struct BlockDrop<B: Backend> {
+    pub attn: Tensor<B, 3>,
+    pub mlp: Tensor<B, 3>,
+}
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub norm1: LayerNorm<B>,
+    pub attn: Attention<B>,
+    pub norm2: LayerNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> Block<B> {
+    fn new(init: &mut Init, cfg: &VitConfig, device: &B::Device) -> Self {
+        let d = cfg.embed_dim;
+        Self {
+            norm1: LayerNorm::new(d, LN_EPS, device),
+            attn: Attention::new(init, d, cfg.num_heads, device),
+            norm2: LayerNorm::new(d, LN_EPS, device),
+            mlp: Mlp::new(init, d, d * cfg.mlp_ratio, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>, drop: Option<&BlockDrop<B>>) -> Tensor<B, 3> {
+        let a = self.attn.forward(self.norm1.forward(x.clone()));
+        let a = match drop {
+            Some(drop) => a * drop.attn.clone(),
+            None => a,
+        };
+        let x = x + a;
+        let m = self.mlp.forward(self.norm2.forward(x.clone()));
+        let m = match drop {
+            Some(drop) => m * drop.mlp.clone(),
+            None => m,
+        };
+        x + m
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct VisionTransformer<B: Backend> {
+    pub patch_embed: PatchEmbed<B>,
+    /// [1, 1, D]
+    pub cls_token: Param<Tensor<B, 3>>,
+    /// [1, 1 + n0*n0, D], CLS position first, then the patches row-major
+    pub pos_embed: Param<Tensor<B, 3>>,
+    pub blocks: Vec<Block<B>>,
+    pub norm: LayerNorm<B>,
+    patch_size: usize,
+}
+
+impl<B: Backend> VisionTransformer<B> {
+    pub fn new(cfg: &VitConfig, init: &mut Init, device: &B::Device) -> Self {
+        let d = cfg.embed_dim;
+        let n0 = cfg.img_size / cfg.patch_size;
+        Self {
+            patch_embed: PatchEmbed::new(init, cfg.patch_size, d, device),
+            cls_token: param(init.trunc_normal(d, 0.02), [1, 1, d], device),
+            pos_embed: param(
+                init.trunc_normal((1 + n0 * n0) * d, 0.02),
+                [1, 1 + n0 * n0, d],
+                device,
+            ),
+            blocks: (0..cfg.depth)
+                .map(|_| Block::new(init, cfg, device))
+                .collect(),
+            norm: LayerNorm::new(d, LN_EPS, device),
+            patch_size: cfg.patch_size,
+        }
+    }
+
+    pub fn embed_dim(&self) -> usize {
+        self.cls_token.dims()[2]
+    }
+
+    pub fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The positional embedding for an `h x w` patch grid: [1, 1 + h*w, D].
+    fn pos_embed_for(&self, h: usize, w: usize) -> Tensor<B, 3> {
+        let pos = self.pos_embed.val();
+        let [_, n, d] = pos.dims();
+        let n0 = ((n - 1) as f64).sqrt().round() as usize;
+        if h == n0 && w == n0 {
+            return pos;
+        }
+        let cls = pos.clone().narrow(1, 0, 1);
+        let grid = pos.narrow(1, 1, n0 * n0).reshape([n0 * n0, d]);
+        let resize = Tensor::<B, 2>::from_data(
+            TensorData::new(resize_matrix(n0, h, w), [h * w, n0 * n0]),
+            &grid.device(),
+        );
+        let patches = resize.matmul(grid).unsqueeze::<3>(); // [1, h*w, D]
+        Tensor::cat(vec![cls, patches], 1)
+    }
+
+    /// [B, 3, H, W] -> [B, 1 + n, D] tokens before the blocks.
+    fn prepare_tokens(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, _, h, w] = x.dims();
+        let x = self.patch_embed.forward(x); // [B, n, D]
+        let cls = self.cls_token.val().repeat_dim(0, b);
+        let x = Tensor::cat(vec![cls, x], 1); // [B, 1 + n, D]
+        x + self.pos_embed_for(h / self.patch_size, w / self.patch_size)
+    }
+
+    /// All output tokens after the final norm: [B, 3, H, W] -> [B, 1 + n, D]. `drop` holds
+    /// one entry per block (the student in training) or is `None`.
+    pub fn forward_tokens(&self, x: Tensor<B, 4>, drop: Option<&[BlockDrop<B>]>) -> Tensor<B, 3> {
+        let mut x = self.prepare_tokens(x);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x, drop.map(|d| &d[i]));
+        }
+        self.norm.forward(x)
+    }
+
+    /// The CLS feature after the final norm: [B, 3, H, W] -> [B, D].
+    pub fn forward(&self, x: Tensor<B, 4>, drop: Option<&[BlockDrop<B>]>) -> Tensor<B, 2> {
+        let tokens = self.forward_tokens(x, drop);
+        let [b, _, d] = tokens.dims();
+        tokens.narrow(1, 0, 1).reshape([b, d])
+    }
+
+    /// The last block's attention probabilities, [B, heads, 1 + n, 1 + n].
+    pub fn last_attention(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut x = self.prepare_tokens(x);
+        let (last, rest) = self
+            .blocks
+            .split_last()
+            .expect("a ViT has at least one block");
+        for block in rest {
+            x = block.forward(x, None);
+        }
+        last.attn.weights(last.norm1.forward(x)).0
+    }
+}

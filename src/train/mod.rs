@@ -1,0 +1,326 @@
+//! `dino-stream train`: the DINO loop, read top to bottom as the official `main_dino.py`.
+
+mod state;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use dino_pipeline::loader::{Loader, LoaderConfig, LoaderError};
+use serde::Serialize;
+
+use crate::checkpoint::{self, CheckpointError};
+use crate::config::Config;
+use crate::loss::{DinoLoss, teacher_stats};
+use crate::model::Dino;
+use crate::optim::{AdamW, Step};
+use crate::schedule::{Cosine, TeacherTemp};
+pub use state::{Images, drop_path_factors, ema};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Run(String),
+    #[error(
+        "the loss is {loss} at step {step} (epoch {epoch}); stopping. {last}. Lower optim.lr, \
+         raise optim.warmup_epochs or lower optim.clip_grad, then resume"
+    )]
+    NonFinite {
+        loss: f64,
+        step: u64,
+        epoch: u64,
+        last: String,
+    },
+}
+
+/// What a run needs besides its config.
+pub struct RunOptions {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub resume: bool,
+}
+
+/// One line of `RUN/metrics.jsonl`: the step's schedule values and the window's averages.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogLine {
+    pub step: u64,
+    pub epoch: u64,
+    /// mean loss over the steps since the previous line
+    pub loss: f64,
+    pub lr: f64,
+    pub wd: f64,
+    pub momentum: f64,
+    pub teacher_temp: f64,
+    pub images_per_sec: f64,
+    /// seconds per step blocked on the pipeline, and as a share of the step time
+    pub data_wait: f64,
+    pub data_wait_fraction: f64,
+    pub step_time: f64,
+    pub teacher_entropy: f64,
+    pub teacher_marginal_entropy: f64,
+}
+
+/// What the trainer tells its caller (the CLI draws a progress bar from it).
+pub enum Event<'a> {
+    Start {
+        first_step: u64,
+        total_steps: u64,
+        steps_per_epoch: u64,
+    },
+    Step {
+        step: u64,
+        loss: f64,
+    },
+    Log(&'a LogLine),
+    Checkpoint(&'a Path),
+    Warning(String),
+}
+
+pub struct Summary {
+    /// steps done in total, and by this invocation
+    pub steps: u64,
+    pub ran: u64,
+    pub last_loss: f64,
+    pub checkpoint: Option<PathBuf>,
+}
+
+pub fn train<A: AutodiffBackend>(
+    cfg: &Config,
+    opts: &RunOptions,
+    device: &A::Device,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Summary, TrainError> {
+    let ckpt_dir = opts.out.join("checkpoints");
+    let resume_from = prepare_run_dir(cfg, opts, &ckpt_dir)?;
+
+    // ============ the models: student and an exact copy as teacher ============
+    let vit = cfg.vit();
+    let mut student = Dino::<A>::new(&vit, &cfg.head(), cfg.run.seed, device);
+    let mut teacher = student.valid();
+    let mut dino_loss = DinoLoss::new(
+        cfg.model.out_dim,
+        cfg.loss.student_temp,
+        cfg.loss.center_momentum,
+        device,
+    );
+    let mut optimizer = AdamW::default();
+    let mut step = 0;
+    let mut position = Default::default();
+    if let Some(path) = &resume_from {
+        let ckpt = checkpoint::Checkpoint::load(path)?;
+        state::check_compatible(cfg, &ckpt.state, path)?;
+        (student, teacher) = state::restore_models(student, teacher, &ckpt, path, device)?;
+        state::restore_optimizer(&mut optimizer, &mut dino_loss, &ckpt, path, device)?;
+        step = ckpt.state.step;
+        position = ckpt.state.position.into();
+    }
+
+    // ============ the data ============
+    let mut loader = Loader::start(loader_config(cfg, &opts.data, position))?;
+    let per_epoch = loader.batches_per_epoch();
+    if per_epoch == 0 {
+        return Err(TrainError::Run(format!(
+            "{}: fewer samples ({}) than one batch ({}); lower data.batch_size",
+            opts.data.display(),
+            loader.dataset_len(),
+            cfg.data.batch_size
+        )));
+    }
+
+    // ============ schedules (per iteration, the teacher temperature per epoch) ============
+    let o = &cfg.optim;
+    let global_batch = cfg.data.batch_size as f64; // one device: the global batch
+    let lr_schedule = Cosine::new(
+        o.lr * global_batch / 256.0,
+        o.min_lr,
+        o.epochs,
+        per_epoch,
+        o.warmup_epochs,
+    );
+    let wd_schedule = Cosine::new(o.weight_decay, o.weight_decay_end, o.epochs, per_epoch, 0);
+    let momentum_schedule = Cosine::new(o.momentum_teacher, 1.0, o.epochs, per_epoch, 0);
+    let teacher_temp = TeacherTemp {
+        warmup_temp: cfg.loss.warmup_teacher_temp,
+        temp: cfg.loss.teacher_temp,
+        warmup_epochs: cfg.loss.warmup_teacher_temp_epochs,
+    };
+    let total_steps = match cfg.run.max_steps {
+        0 => o.epochs * per_epoch,
+        n => n.min(o.epochs * per_epoch),
+    };
+    let first_step = step;
+    on_event(Event::Start {
+        first_step,
+        total_steps,
+        steps_per_epoch: per_epoch,
+    });
+
+    let mut metrics = state::MetricsLog::open(&opts.out.join("metrics.jsonl"), step)?;
+    let mut guard = state::CollapseGuard::new(cfg.model.out_dim);
+    let mut last_checkpoint = resume_from.clone();
+    let mut last_loss = f64::NAN;
+    let mut waited = Instant::now();
+
+    while step < total_steps {
+        let Some(batch) = loader.next() else { break };
+        let batch = batch?;
+        let data_wait = waited.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let it = step;
+        let epoch = batch.epoch;
+        let lr = lr_schedule.at(it);
+        let wd = wd_schedule.at(it);
+        let momentum = momentum_schedule.at(it);
+        let temp = teacher_temp.at_epoch(epoch);
+
+        // ============ forward: teacher on the 2 globals, student on all crops ============
+        let images = Images::<A::InnerBackend>::from_batch(&batch, device);
+        drop(batch); // its buffer goes back to the pipeline
+        let teacher_out = teacher.forward(vec![(images.globals.clone(), None)]); // [2B, K]
+        let targets = dino_loss.teacher_targets(teacher_out.clone(), temp);
+        let depth = vit.depth;
+        let dpr = cfg.model.drop_path_rate;
+        let mut groups = vec![(
+            Tensor::from_inner(images.globals),
+            drop_path_factors::<A>(cfg.run.seed, it, 0, depth, dpr, images.n_globals, device),
+        )];
+        if let Some(locals) = images.locals {
+            groups.push((
+                Tensor::from_inner(locals),
+                drop_path_factors::<A>(cfg.run.seed, it, 1, depth, dpr, images.n_locals, device),
+            ));
+        }
+        let student_out = student.forward(groups); // [(2 + N) * B, K]
+        let loss = dino_loss.forward(student_out, Tensor::from_inner(targets.clone()));
+        let loss_value: f64 = loss.clone().into_scalar().elem();
+        if !loss_value.is_finite() {
+            return Err(TrainError::NonFinite {
+                loss: loss_value,
+                step: it,
+                epoch,
+                last: match &last_checkpoint {
+                    Some(p) => format!("The last good checkpoint is {}", p.display()),
+                    None => "No checkpoint was written yet".into(),
+                },
+            });
+        }
+
+        // ============ student update ============
+        let grads = loss.backward();
+        student = optimizer.step(
+            student,
+            &grads,
+            Step {
+                lr,
+                weight_decay: wd,
+                clip: o.clip_grad,
+                freeze_last_layer: epoch < o.freeze_last_layer,
+            },
+        );
+
+        // ============ EMA update of the teacher, then the centre ============
+        teacher = state::ema(teacher, &student, momentum);
+        dino_loss.update_center(teacher_out);
+        step += 1;
+        last_loss = loss_value;
+
+        // ============ logging ============
+        let step_time = started.elapsed().as_secs_f64() + data_wait;
+        metrics.add(loss_value, data_wait, step_time, images.n_globals / 2);
+        on_event(Event::Step {
+            step,
+            loss: loss_value,
+        });
+        if step % cfg.run.log_every == 0 || step == total_steps {
+            let stats = teacher_stats(targets);
+            let line = metrics.line(step, epoch, lr, wd, momentum, temp, &stats)?;
+            on_event(Event::Log(&line));
+            if let Some(warning) = guard.check(&line) {
+                on_event(Event::Warning(warning));
+            }
+        }
+
+        // ============ checkpoint ============
+        let next = images.next;
+        let epoch_end = next.epoch > epoch;
+        let periodic = cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0;
+        if epoch_end || periodic || step == total_steps {
+            let ckpt = state::snapshot(cfg, step, next, &student, &teacher, &optimizer, &dino_loss);
+            let path = ckpt.save(&ckpt_dir, cfg.run.keep_checkpoints)?;
+            on_event(Event::Checkpoint(&path));
+            last_checkpoint = Some(path);
+        }
+        waited = Instant::now();
+    }
+    Ok(Summary {
+        steps: step,
+        ran: step - first_step,
+        last_loss,
+        checkpoint: last_checkpoint,
+    })
+}
+
+/// Creates RUN, refuses to mix two runs in it, writes the effective config; returns the
+/// checkpoint to resume from.
+fn prepare_run_dir(
+    cfg: &Config,
+    opts: &RunOptions,
+    ckpt_dir: &Path,
+) -> Result<Option<PathBuf>, TrainError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainError::Io { path, source }
+    };
+    fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
+    let latest = checkpoint::latest(ckpt_dir)?;
+    let config_path = opts.out.join("config.toml");
+    if opts.resume {
+        if latest.is_none() {
+            return Err(TrainError::Run(format!(
+                "--resume: no checkpoint in {}; start the run without --resume",
+                ckpt_dir.display()
+            )));
+        }
+    } else if latest.is_some() || config_path.exists() {
+        return Err(TrainError::Run(format!(
+            "{} already holds a run; pass --resume to continue it, or choose another --out",
+            opts.out.display()
+        )));
+    }
+    fs::write(&config_path, cfg.to_toml()).map_err(io(&config_path))?;
+    Ok(latest)
+}
+
+fn loader_config(cfg: &Config, data: &Path, start: dino_pipeline::batch::Position) -> LoaderConfig {
+    let d = &cfg.data;
+    let mut lc = LoaderConfig::new(data, d.split.clone());
+    lc.batch_size = d.batch_size;
+    if d.workers > 0 {
+        lc.workers = d.workers;
+    }
+    lc.seed = cfg.run.seed;
+    for view in &mut lc.global {
+        view.size = d.global_crop_size;
+        view.scale = d.global_crops_scale;
+    }
+    lc.local.size = d.local_crop_size;
+    lc.local.scale = d.local_crops_scale;
+    lc.local_crops = d.local_crops_number;
+    lc.shuffle_window = d.shuffle_window;
+    lc.dct_scaling = d.dct_scaling;
+    lc.start = start;
+    lc.end_epoch = Some(cfg.optim.epochs);
+    lc
+}

@@ -1,0 +1,387 @@
+//! Exactness against the reference (PyTorch/timm, `tools/gen-model-fixtures.py`): the ViT at
+//! three resolutions (positional-embedding interpolation), its last attention map, the DINO
+//! head, the loss and its gradient, the centre update, AdamW with changing lr/wd, per-tensor
+//! clipping and the schedules. Also the recipe's decay groups and the frozen last layer.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use burn::module::{AutodiffModule, Module, Param};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use dino_stream::checkpoint::{HostTensors, read_tensors};
+use dino_stream::device::Cpu;
+use dino_stream::loss::DinoLoss;
+use dino_stream::model::{Dino, DinoHead, HeadConfig, Init, VisionTransformer, VitConfig};
+use dino_stream::optim::{AdamW, Step, clip_norm, decays};
+use dino_stream::params;
+use dino_stream::schedule::{Cosine, TeacherTemp};
+
+type Inner = <Cpu as AutodiffBackend>::InnerBackend;
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model")
+}
+
+fn reference() -> HostTensors {
+    read_tensors(&fixture_dir().join("reference.safetensors")).unwrap()
+}
+
+fn json() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn tensor<const D: usize>(r: &HostTensors, name: &str) -> Tensor<Inner, D> {
+    let (shape, values) = &r[name];
+    let shape: [usize; D] = shape.clone().try_into().unwrap();
+    Tensor::from_data(TensorData::new(values.clone(), shape), &Default::default())
+}
+
+fn values<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+/// max |a - b| / scale, with the shapes' element counts checked.
+fn max_diff(a: &[f32], b: &[f32], scale: f32) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / scale)
+        .fold(0.0, f32::max)
+}
+
+/// The reference tensors under `prefix`, renamed by `rename`.
+fn subset(r: &HostTensors, prefix: &str, rename: impl Fn(&str) -> String) -> HostTensors {
+    r.iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (rename(k), v.clone())))
+        .collect()
+}
+
+fn reference_vit(r: &HostTensors) -> VisionTransformer<Inner> {
+    let cfg = VitConfig {
+        embed_dim: 48,
+        depth: 2,
+        num_heads: 3,
+        mlp_ratio: 4,
+        patch_size: 8,
+        img_size: 32,
+    };
+    let device = Default::default();
+    let vit = VisionTransformer::new(&cfg, &mut Init::new(0), &device);
+    params::load(vit, &subset(r, "vit.", str::to_string), &device).unwrap()
+}
+
+#[test]
+fn vit_matches_timm_and_dino_interpolation_at_three_resolutions() {
+    let r = reference();
+    let vit = reference_vit(&r);
+    for res in [32, 16, 48] {
+        let x = tensor::<4>(&r, &format!("x{res}"));
+        let tokens = values(vit.forward_tokens(x.clone(), None));
+        let diff = max_diff(&tokens, &r[&format!("tokens{res}")].1, 1.0);
+        assert!(diff <= 1e-4, "{res} px: tokens differ by {diff}");
+        let cls = values(vit.forward(x, None));
+        let diff = max_diff(&cls, &r[&format!("cls{res}")].1, 1.0);
+        assert!(diff <= 1e-4, "{res} px: CLS differs by {diff}");
+    }
+}
+
+#[test]
+fn last_attention_matches() {
+    let r = reference();
+    let vit = reference_vit(&r);
+    let attn = values(vit.last_attention(tensor::<4>(&r, "x32")));
+    let diff = max_diff(&attn, &r["attn32"].1, 1.0);
+    assert!(diff <= 1e-5, "attention differs by {diff}");
+}
+
+#[test]
+fn dino_head_matches_with_and_without_learned_g() {
+    let r = reference();
+    let device = Default::default();
+    let cfg = HeadConfig {
+        out_dim: 32,
+        hidden_dim: 64,
+        bottleneck_dim: 16,
+        norm_last_layer: false,
+    };
+    // the official Sequential indices 0, 2, 4 are our layers 0, 1, 2
+    let rename = |k: &str| match k.strip_prefix("mlp.") {
+        Some(rest) => {
+            let (i, field) = rest.split_once('.').unwrap();
+            format!("mlp.{}.{field}", i.parse::<usize>().unwrap() / 2)
+        }
+        None => k.to_string(),
+    };
+    let weights = subset(&r, "head.", rename);
+    let head = DinoHead::<Inner>::new(&cfg, 48, &mut Init::new(0), &device);
+    let head = params::load(head, &weights, &device).unwrap();
+    let out = values(head.forward(tensor::<2>(&r, "head_in")));
+    let diff = max_diff(&out, &r["head_out"].1, 1.0);
+    assert!(diff <= 1e-5, "head output differs by {diff}");
+
+    let mut ones = weights.clone();
+    ones.get_mut("last_layer.weight_g").unwrap().1.fill(1.0);
+    let frozen = DinoHead::<Inner>::new(
+        &HeadConfig {
+            norm_last_layer: true,
+            ..cfg
+        },
+        48,
+        &mut Init::new(0),
+        &device,
+    );
+    let frozen = params::load(frozen, &ones, &device).unwrap();
+    let out = values(frozen.forward(tensor::<2>(&r, "head_in")));
+    let diff = max_diff(&out, &r["head_out_g1"].1, 1.0);
+    assert!(
+        diff <= 1e-5,
+        "norm_last_layer head output differs by {diff}"
+    );
+}
+
+#[test]
+fn loss_gradient_and_center_match() {
+    let r = reference();
+    let j = json();
+    let teacher_temp = j["loss"]["teacher_temp"].as_f64().unwrap();
+    let device = Default::default();
+    let mut loss = DinoLoss::<Inner>::new(32, 0.1, 0.9, &device);
+    loss.center = tensor::<2>(&r, "center");
+    let student = Tensor::<Cpu, 2>::from_inner(tensor::<2>(&r, "student_out")).require_grad();
+    let targets = loss.teacher_targets(tensor::<2>(&r, "teacher_out"), teacher_temp);
+    let value = loss.forward(student.clone(), Tensor::from_inner(targets));
+    let expected = r["loss"].1[0];
+    let got = values(value.clone())[0];
+    assert!(
+        ((got - expected) / expected).abs() <= 1e-5,
+        "loss {got} vs {expected}"
+    );
+    let grads = value.backward();
+    let grad = values(student.grad(&grads).unwrap());
+    let scale = r["loss_grad_student"]
+        .1
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = max_diff(&grad, &r["loss_grad_student"].1, scale);
+    assert!(
+        diff <= 1e-5,
+        "gradient differs by {diff} of its max {scale}"
+    );
+
+    loss.update_center(tensor::<2>(&r, "teacher_out"));
+    let diff = max_diff(&values(loss.center), &r["center_new"].1, 1.0);
+    assert!(diff <= 1e-6, "centre differs by {diff}");
+}
+
+/// A module whose names put `w` in the decayed group and `b` (1-D) in the other.
+#[derive(Module, Debug)]
+struct Pair<B: burn::tensor::backend::Backend> {
+    w: Param<Tensor<B, 2>>,
+    b: Param<Tensor<B, 1>>,
+}
+
+#[test]
+fn adamw_matches_torch_with_per_step_lr_and_weight_decay() {
+    let r = reference();
+    let mut pair = Pair::<Cpu> {
+        w: Param::from_tensor(Tensor::from_inner(tensor::<2>(&r, "adamw.w0")).require_grad()),
+        b: Param::from_tensor(Tensor::from_inner(tensor::<1>(&r, "adamw.b0")).require_grad()),
+    };
+    let mut adamw = AdamW::default();
+    for k in 0..3 {
+        // a loss whose gradient is exactly the reference gradient
+        let gw = Tensor::from_inner(tensor::<2>(&r, &format!("adamw.grad{k}.w")));
+        let gb = Tensor::from_inner(tensor::<1>(&r, &format!("adamw.grad{k}.b")));
+        let loss = (pair.w.val() * gw).sum() + (pair.b.val() * gb).sum();
+        let grads = loss.backward();
+        let (lr, weight_decay) = if k < 2 { (0.01, 0.04) } else { (0.005, 0.1) };
+        let step = Step {
+            lr,
+            weight_decay,
+            clip: 0.0,
+            freeze_last_layer: false,
+        };
+        pair = adamw.step(pair, &grads, step);
+        for (name, got) in [("w", values(pair.w.val())), ("b", values(pair.b.val()))] {
+            let diff = max_diff(&got, &r[&format!("adamw.{name}_after{k}")].1, 1.0);
+            assert!(diff <= 1e-6, "step {k}, {name}: differs by {diff}");
+        }
+    }
+    assert_eq!(adamw.state["w"].step, 3);
+}
+
+#[test]
+fn per_tensor_clipping_matches() {
+    let r = reference();
+    for name in ["clip.g0", "clip.g1"] {
+        let g = tensor::<1>(
+            &HostTensors::from([("g".into(), (vec![r[name].1.len()], r[name].1.clone()))]),
+            "g",
+        );
+        let got = values(clip_norm(g, 3.0));
+        let diff = max_diff(&got, &r[&format!("{name}_out")].1, 1.0);
+        assert!(diff <= 1e-6, "{name}: differs by {diff}");
+    }
+    // a gradient under the cap is left bit-identical
+    let small = vec![0.5f32, -0.25, 1.0];
+    let got = values(clip_norm(
+        Tensor::<Inner, 1>::from_floats(small.as_slice(), &Default::default()),
+        3.0,
+    ));
+    assert_eq!(got, small);
+}
+
+#[test]
+fn schedules_match_the_official_formulas() {
+    let j = json();
+    let args = &j["sched_args"];
+    for key in ["sched_lr", "sched_wd", "sched_momentum"] {
+        let a = &args[key];
+        let f = |k: &str| a[k].as_f64().unwrap();
+        let u = |k: &str| a[k].as_u64().unwrap();
+        let schedule = Cosine::new(
+            f("base_value"),
+            f("final_value"),
+            u("epochs"),
+            u("niter_per_ep"),
+            u("warmup_epochs"),
+        );
+        let expected: Vec<f64> = j[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(expected.len() as u64, schedule.total);
+        for (it, want) in expected.iter().enumerate() {
+            let got = schedule.at(it as u64);
+            assert!((got - want).abs() <= 1e-12, "{key}[{it}]: {got} vs {want}");
+        }
+    }
+    let a = &args["sched_teacher_temp"];
+    let temp = TeacherTemp {
+        warmup_temp: a["warmup_teacher_temp"].as_f64().unwrap(),
+        temp: a["teacher_temp"].as_f64().unwrap(),
+        warmup_epochs: a["warmup_teacher_temp_epochs"].as_u64().unwrap(),
+    };
+    for (epoch, want) in j["sched_teacher_temp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let got = temp.at_epoch(epoch as u64);
+        assert!(
+            (got - want.as_f64().unwrap()).abs() <= 1e-12,
+            "epoch {epoch}: {got}"
+        );
+    }
+}
+
+fn small_dino(norm_last_layer: bool) -> Dino<Cpu> {
+    let vit = VitConfig {
+        embed_dim: 24,
+        depth: 2,
+        num_heads: 2,
+        mlp_ratio: 4,
+        patch_size: 8,
+        img_size: 16,
+    };
+    let head = HeadConfig {
+        out_dim: 16,
+        hidden_dim: 32,
+        bottleneck_dim: 8,
+        norm_last_layer,
+    };
+    Dino::new(&vit, &head, 3, &Default::default())
+}
+
+#[test]
+fn decay_groups_follow_the_recipe() {
+    let model = small_dino(false);
+    let named = params::collect(&model);
+    let (decayed, kept): (Vec<_>, Vec<_>) = named
+        .iter()
+        .partition(|(name, flat)| decays(name, flat.shape.len()));
+    let decayed: Vec<&str> = decayed.iter().map(|(n, _)| n.as_str()).collect();
+    for name in [
+        "backbone.cls_token",
+        "backbone.pos_embed",
+        "backbone.patch_embed.proj.weight",
+        "backbone.blocks.0.attn.qkv.weight",
+        "head.mlp.0.weight",
+        "head.last_layer.weight_v",
+        "head.last_layer.weight_g",
+    ] {
+        assert!(decayed.contains(&name), "{name} must be decayed");
+    }
+    for (name, flat) in kept {
+        assert!(
+            name.ends_with(".bias") || flat.shape.len() == 1,
+            "{name} must be decayed"
+        );
+    }
+    assert!(named.keys().any(|n| n == "backbone.norm.weight"));
+    assert!(!decayed.contains(&"backbone.norm.weight"));
+    assert!(!decayed.contains(&"backbone.blocks.1.mlp.fc2.bias"));
+}
+
+#[test]
+fn frozen_last_layer_keeps_weights_and_optimizer_state() {
+    let device = Default::default();
+    for norm_last_layer in [true, false] {
+        let mut model = small_dino(norm_last_layer);
+        let before = params::to_host(&params::collect(&model.valid()));
+        let x = Tensor::<Cpu, 4>::from_data(
+            TensorData::new(
+                (0..2 * 3 * 16 * 16)
+                    .map(|i| ((i % 17) as f32 / 8.0) - 1.0)
+                    .collect::<Vec<_>>(),
+                [2, 3, 16, 16],
+            ),
+            &device,
+        );
+        let mut adamw = AdamW::default();
+        for freeze in [true, false] {
+            let out = model.forward(vec![(x.clone(), None)]);
+            let grads = out.square().mean().backward();
+            let step = Step {
+                lr: 0.01,
+                weight_decay: 0.04,
+                clip: 3.0,
+                freeze_last_layer: freeze,
+            };
+            model = adamw.step(model, &grads, step);
+            let after = params::to_host(&params::collect(&model.valid()));
+            for (name, (_, values)) in &after {
+                let moved = values != &before[name].1;
+                let in_last = name.contains("last_layer");
+                let g_frozen = norm_last_layer && name == "head.last_layer.weight_g";
+                if freeze && in_last || g_frozen {
+                    assert!(!moved, "{name} moved (freeze {freeze})");
+                    assert!(
+                        !adamw.state.contains_key(name),
+                        "{name} has optimizer state"
+                    );
+                } else {
+                    assert!(moved, "{name} did not move (freeze {freeze})");
+                }
+            }
+        }
+        // the last layer's own step count starts when it is first updated
+        assert_eq!(adamw.state["head.last_layer.weight_v"].step, 1);
+        assert_eq!(adamw.state["head.mlp.0.weight"].step, 2);
+    }
+}
+
+#[test]
+fn teacher_copy_is_exact_and_init_is_deterministic() {
+    let a = params::to_host(&params::collect(&small_dino(true).valid()));
+    let b = params::to_host(&params::collect(&small_dino(true)));
+    assert_eq!(a, b);
+    let names: BTreeMap<_, _> = a.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect();
+    assert_eq!(names["backbone.pos_embed"], vec![1, 5, 24]);
+    assert_eq!(names["head.last_layer.weight_g"], vec![16, 1]);
+}

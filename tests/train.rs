@@ -1,0 +1,301 @@
+//! `dino-stream train` end to end on real photos with a tiny ViT: exact resumption, the
+//! non-finite-loss guard, the collapse warning, config errors and incompatible resumes.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use common::{dino_stream, dino_stream_err, dino_stream_ok, path_str, samples};
+use dino_stream::checkpoint::{self, Checkpoint};
+
+/// A tiny model on 32 px crops: a step takes a few tens of milliseconds on 2 cores.
+const TINY: &str = r#"
+[model]
+arch = "custom"
+patch_size = 8
+img_size = 32
+embed_dim = 24
+depth = 2
+num_heads = 2
+out_dim = 64
+head_hidden_dim = 32
+head_bottleneck_dim = 16
+
+[data]
+batch_size = 8
+global_crop_size = 32
+local_crop_size = 16
+local_crops_number = 2
+workers = 2
+
+[optim]
+epochs = 4
+warmup_epochs = 1
+lr = 0.01
+
+[run]
+log_every = 1
+"#;
+
+/// 48 real photos, ingested into the target's scratch folder (a rerun finds them up to
+/// date): 6 steps per epoch at batch 8.
+fn shards() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("train-shards");
+        let src = samples("crops", 48);
+        dino_stream_ok(&[
+            "ingest",
+            "--src",
+            path_str(&src),
+            "--out",
+            path_str(&dir),
+            "--row-group-bytes",
+            "256KiB",
+        ]);
+        dir
+    })
+}
+
+struct Run {
+    _tmp: tempfile::TempDir,
+    config: PathBuf,
+    out: PathBuf,
+}
+
+fn run_dir(config: &str) -> Run {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tiny.toml");
+    fs::write(&path, config).unwrap();
+    Run {
+        out: tmp.path().join("run"),
+        config: path,
+        _tmp: tmp,
+    }
+}
+
+fn train_args<'a>(run: &'a Run, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--config",
+        path_str(&run.config),
+        "--data",
+        path_str(shards()),
+        "--out",
+        path_str(&run.out),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn losses(run: &Run) -> Vec<(u64, f64)> {
+    fs::read_to_string(run.out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn final_checkpoint(run: &Run) -> Checkpoint {
+    let dir = checkpoint::latest(&run.out.join("checkpoints"))
+        .unwrap()
+        .expect("a checkpoint");
+    Checkpoint::load(&dir).unwrap()
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
+    // 9 steps crosses the first epoch end (6 steps): the frozen last layer starts moving,
+    // the pipeline moves to epoch 1, and the teacher temperature/momentum keep going
+    let whole = run_dir(TINY);
+    dino_stream_ok(&train_args(&whole, &["--set", "run.max_steps=9"]));
+
+    let split = run_dir(TINY);
+    dino_stream_ok(&train_args(&split, &["--set", "run.max_steps=4"]));
+    let out = dino_stream_ok(&train_args(
+        &split,
+        &["--resume", "--set", "run.max_steps=9"],
+    ));
+    assert!(out.contains("9 steps"), "{out}");
+
+    let (a, b) = (final_checkpoint(&whole), final_checkpoint(&split));
+    assert_eq!(a.state.step, 9);
+    assert_eq!(a.state.position, b.state.position);
+    assert_eq!(a.state.optimizer_steps, b.state.optimizer_steps);
+    assert_eq!(a.student, b.student, "student weights differ");
+    assert_eq!(a.teacher, b.teacher, "teacher weights differ");
+    assert_eq!(a.optimizer, b.optimizer, "optimizer state or centre differ");
+    assert_eq!(losses(&whole), losses(&split), "per-step losses differ");
+    // the last layer was frozen for the first epoch (6 steps) only
+    assert_eq!(a.state.optimizer_steps["head.last_layer.weight_v"], 3);
+    assert_eq!(a.state.optimizer_steps["backbone.cls_token"], 9);
+    // and the teacher moved away from its initial copy of the student
+    assert_ne!(a.teacher, a.student);
+}
+
+#[test]
+fn the_run_dir_holds_config_metrics_and_the_newest_checkpoints() {
+    let run = run_dir(TINY);
+    dino_stream_ok(&train_args(
+        &run,
+        &["--set", "optim.epochs=6", "--set", "run.keep_checkpoints=2"],
+    ));
+    assert_eq!(losses(&run).len(), 36);
+    // one checkpoint per epoch end, the newest two kept
+    let kept = checkpoint::list(&run.out.join("checkpoints")).unwrap();
+    let names: Vec<_> = kept
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["step-00000030", "step-00000036"]);
+    let saved = fs::read_to_string(run.out.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("epochs = 6") && saved.contains("momentum_teacher = 0.996"),
+        "{saved}"
+    );
+    let line: serde_json::Value = serde_json::from_str(
+        fs::read_to_string(run.out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    for key in [
+        "loss",
+        "lr",
+        "wd",
+        "momentum",
+        "teacher_temp",
+        "images_per_sec",
+        "data_wait",
+        "step_time",
+        "teacher_entropy",
+    ] {
+        assert!(
+            line[key].as_f64().is_some_and(f64::is_finite),
+            "{key} missing in {line}"
+        );
+    }
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    // an absurd learning rate without warmup blows the weights up within a few steps
+    let run = run_dir(TINY);
+    let err = dino_stream_err(&train_args(
+        &run,
+        &[
+            "--set",
+            "optim.lr=1e30",
+            "--set",
+            "optim.warmup_epochs=0",
+            "--set",
+            "optim.clip_grad=0",
+            "--set",
+            "run.checkpoint_every=1",
+        ],
+    ));
+    assert!(
+        err.contains("the loss is NaN") || err.contains("the loss is inf"),
+        "{err}"
+    );
+    assert!(err.contains("last good checkpoint is"), "{err}");
+    let kept = checkpoint::list(&run.out.join("checkpoints")).unwrap();
+    let named = kept.last().expect("a checkpoint before the bad step");
+    assert!(err.contains(path_str(named)), "{err}");
+}
+
+#[test]
+fn a_collapsed_teacher_is_reported() {
+    // a teacher temperature of 10 makes its targets uniform: the loss sits at ln K
+    let run = run_dir(TINY);
+    let out = dino_stream(&train_args(
+        &run,
+        &[
+            "--set",
+            "loss.teacher_temp=10.0",
+            "--set",
+            "loss.warmup_teacher_temp=10.0",
+            "--set",
+            "run.max_steps=6",
+        ],
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("collapsed to uniform"), "{stderr}");
+
+    let healthy = run_dir(TINY);
+    let out = dino_stream(&train_args(&healthy, &["--set", "run.max_steps=6"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let run = run_dir(&format!("{TINY}\n[extra]\nfoo = 1\n"));
+    let err = dino_stream_err(&train_args(&run, &[]));
+    assert!(err.contains("unknown field `extra`"), "{err}");
+
+    let run = run_dir(TINY);
+    let err = dino_stream_err(&train_args(&run, &["--set", "optim.warmup_epoch=3"]));
+    assert!(err.contains("unknown field `warmup_epoch`"), "{err}");
+    let err = dino_stream_err(&train_args(&run, &["--set", "model.embed_dim=25"]));
+    assert!(err.contains("model.embed_dim"), "{err}");
+    let err = dino_stream_err(&train_args(&run, &["--set", "data.local_crop_size=12"]));
+    assert!(err.contains("data.local_crop_size"), "{err}");
+    let err = dino_stream_err(&train_args(&run, &["--set", "optim.lr=fast"]));
+    assert!(err.contains("lr"), "{err}");
+    let err = dino_stream_err(&train_args(&run, &["--device", "tpu"]));
+    assert!(err.contains("cuda:N"), "{err}");
+    #[cfg(not(feature = "cuda"))]
+    {
+        let err = dino_stream_err(&train_args(&run, &["--device", "cuda"]));
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+}
+
+#[test]
+fn resume_refuses_another_config_and_a_second_run_in_the_same_dir() {
+    let run = run_dir(TINY);
+    dino_stream_ok(&train_args(&run, &["--set", "run.max_steps=2"]));
+    let err = dino_stream_err(&train_args(&run, &[]));
+    assert!(
+        err.contains("already holds a run") && err.contains("--resume"),
+        "{err}"
+    );
+    let err = dino_stream_err(&train_args(
+        &run,
+        &[
+            "--resume",
+            "--set",
+            "optim.lr=0.1",
+            "--set",
+            "model.out_dim=128",
+        ],
+    ));
+    assert!(
+        err.contains("optim.lr") && err.contains("model.out_dim"),
+        "{err}"
+    );
+    // run settings and the worker count may change
+    dino_stream_ok(&train_args(
+        &run,
+        &[
+            "--resume",
+            "--set",
+            "run.max_steps=3",
+            "--set",
+            "data.workers=1",
+        ],
+    ));
+
+    let fresh = run_dir(TINY);
+    let err = dino_stream_err(&train_args(&fresh, &["--resume"]));
+    assert!(err.contains("no checkpoint"), "{err}");
+}

@@ -42,13 +42,17 @@ fn values<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) ->
     t.into_data().convert::<f32>().into_vec().unwrap()
 }
 
-/// max |a - b| / scale, with the shapes' element counts checked.
+/// max |a - b| / scale, with the element counts checked; printed for the record
+/// (`cargo test --test model -- --nocapture`).
 fn max_diff(a: &[f32], b: &[f32], scale: f32) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
+    let diff = a
+        .iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs() / scale)
-        .fold(0.0, f32::max)
+        .fold(0.0, f32::max);
+    eprintln!("max diff {diff:.3e} over {} values", a.len());
+    diff
 }
 
 /// The reference tensors under `prefix`, renamed by `rename`.
@@ -154,6 +158,10 @@ fn loss_gradient_and_center_match() {
     let value = loss.forward(student.clone(), Tensor::from_inner(targets));
     let expected = r["loss"].1[0];
     let got = values(value.clone())[0];
+    eprintln!(
+        "loss {got} vs {expected}: abs diff {:.3e}",
+        (got - expected).abs()
+    );
     assert!(
         ((got - expected) / expected).abs() <= 1e-5,
         "loss {got} vs {expected}"

@@ -43,10 +43,19 @@ pub struct Args {
     /// Override a config key: SECTION.KEY=VALUE (repeatable)
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// Serve the training and pipeline metrics for Prometheus at this address (e.g.
-    /// 127.0.0.1:9464)
-    #[arg(long, value_name = "ADDR")]
+    /// Serve the training and pipeline metrics for Prometheus: a port (on 127.0.0.1) or
+    /// ADDR:PORT to listen beyond this machine
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics_addr)]
     metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// A bare port binds the loopback interface: metrics stay on this machine unless asked.
+fn parse_metrics_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .map_err(|_| format!("`{text}`: expected a port (9464) or ADDR:PORT (0.0.0.0:9464)"))
 }
 
 struct Job {

@@ -26,6 +26,9 @@ pub struct State {
     pub step: u64,
     /// where the pipeline continues
     pub position: PositionRecord,
+    /// the ingest plan fingerprint of the split trained on (manifest.json): the position
+    /// only means something in that data's epoch order
+    pub data_plan: String,
     /// AdamW's per-tensor step counts
     pub optimizer_steps: BTreeMap<String, u64>,
     /// the effective config, TOML

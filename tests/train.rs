@@ -295,6 +295,23 @@ fn resume_refuses_another_config_and_a_second_run_in_the_same_dir() {
         ],
     ));
 
+    // the same config on other shards (another ingest seed: another layout and order)
+    let other = Path::new(env!("CARGO_TARGET_TMPDIR")).join("train-shards-seed1");
+    let src = samples("crops", 48);
+    dino_stream_ok(&[
+        "ingest",
+        "--src",
+        path_str(&src),
+        "--out",
+        path_str(&other),
+        "--seed",
+        "1",
+    ]);
+    let mut args = train_args(&run, &["--resume", "--set", "run.max_steps=4"]);
+    args[4] = path_str(&other);
+    let err = dino_stream_err(&args);
+    assert!(err.contains("other data"), "{err}");
+
     let fresh = run_dir(TINY);
     let err = dino_stream_err(&train_args(&fresh, &["--resume"]));
     assert!(err.contains("no checkpoint"), "{err}");

@@ -118,9 +118,19 @@ pub fn train<A: AutodiffBackend>(
     let mut optimizer = AdamW::default();
     let mut step = 0;
     let mut position = Default::default();
+    let data_plan = state::data_plan(&opts.data, &cfg.data.split)?;
     if let Some(path) = &resume_from {
         let ckpt = checkpoint::Checkpoint::load(path)?;
         state::check_compatible(cfg, &ckpt.state, path)?;
+        if ckpt.state.data_plan != data_plan {
+            return Err(TrainError::Run(format!(
+                "{}: the checkpoint was made on other data than split `{}` of {} (another \
+                 ingest plan); resume with the shards the run started on",
+                path.display(),
+                cfg.data.split,
+                opts.data.display()
+            )));
+        }
         (student, teacher) = state::restore_models(student, teacher, &ckpt, path, device)?;
         state::restore_optimizer(&mut optimizer, &mut dino_loss, &ckpt, path, device)?;
         step = ckpt.state.step;
@@ -257,7 +267,12 @@ pub fn train<A: AutodiffBackend>(
         let epoch_end = next.epoch > epoch;
         let periodic = cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0;
         if epoch_end || periodic || step == total_steps {
-            let ckpt = state::snapshot(cfg, step, next, &student, &teacher, &optimizer, &dino_loss);
+            let progress = state::Progress {
+                step,
+                position: next,
+                data_plan: &data_plan,
+            };
+            let ckpt = state::snapshot(cfg, progress, &student, &teacher, &optimizer, &dino_loss);
             let path = ckpt.save(&ckpt_dir, cfg.run.keep_checkpoints)?;
             on_event(Event::Checkpoint(&path));
             last_checkpoint = Some(path);
@@ -272,8 +287,8 @@ pub fn train<A: AutodiffBackend>(
     })
 }
 
-/// Creates RUN, refuses to mix two runs in it, writes the effective config; returns the
-/// checkpoint to resume from.
+/// Creates RUN, refuses to start a second run over one that has checkpoints, writes the
+/// effective config; returns the checkpoint to resume from.
 fn prepare_run_dir(
     cfg: &Config,
     opts: &RunOptions,
@@ -293,7 +308,9 @@ fn prepare_run_dir(
                 ckpt_dir.display()
             )));
         }
-    } else if latest.is_some() || config_path.exists() {
+    } else if latest.is_some() {
+        // a run without any checkpoint yet (stopped early, or failed to start) has nothing
+        // to lose and is simply started again
         return Err(TrainError::Run(format!(
             "{} already holds a run; pass --resume to continue it, or choose another --out",
             opts.out.display()

@@ -10,6 +10,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use dino_pipeline::batch::{Batch, Position};
+use dino_pipeline::manifest::Manifest;
 use dino_pipeline::rng;
 
 use super::{LogLine, TrainError};
@@ -118,10 +119,16 @@ pub fn ema<A: AutodiffBackend>(
     })
 }
 
+/// Where a run stands, for its checkpoint.
+pub struct Progress<'a> {
+    pub step: u64,
+    pub position: Position,
+    pub data_plan: &'a str,
+}
+
 pub fn snapshot<A: AutodiffBackend>(
     cfg: &Config,
-    step: u64,
-    position: Position,
+    progress: Progress,
     student: &Dino<A>,
     teacher: &Dino<A::InnerBackend>,
     optimizer: &AdamW<A::InnerBackend>,
@@ -142,8 +149,9 @@ pub fn snapshot<A: AutodiffBackend>(
     Checkpoint {
         state: State {
             format: FORMAT.into(),
-            step,
-            position: position.into(),
+            step: progress.step,
+            position: progress.position.into(),
+            data_plan: progress.data_plan.to_string(),
             optimizer_steps,
             config: cfg.to_toml(),
         },
@@ -155,6 +163,32 @@ pub fn snapshot<A: AutodiffBackend>(
 
 fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
     t.to_data().convert::<f32>().into_vec().expect("f32 data")
+}
+
+/// The ingest plan fingerprint of `split` in the shard folder `dir` (the loader reports a
+/// missing manifest or split itself, with the available splits).
+pub fn data_plan(dir: &Path, split: &str) -> Result<String, TrainError> {
+    let manifest = Manifest::load(dir)
+        .map_err(|e| TrainError::Run(e.to_string()))?
+        .ok_or_else(|| {
+            TrainError::Run(format!(
+                "{}: no manifest.json; point --data at a folder written by `dino-stream ingest`",
+                dir.display()
+            ))
+        })?;
+    let entry = manifest.splits.get(split).ok_or_else(|| {
+        TrainError::Run(format!(
+            "{}: no split `{split}` (it has: {}); set data.split",
+            dir.display(),
+            manifest
+                .splits
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    Ok(entry.plan.clone())
 }
 
 fn mismatch(origin: &Path, why: String) -> TrainError {

@@ -144,6 +144,15 @@ pub fn read_tensors(path: &Path) -> Result<HostTensors, CheckpointError> {
     Ok(out)
 }
 
+/// The backbone of a network's tensors, named as timm's `VisionTransformer` (the
+/// `backbone.` prefix dropped, the head left out).
+pub fn backbone(network: &HostTensors) -> HostTensors {
+    network
+        .iter()
+        .filter_map(|(name, t)| Some((name.strip_prefix("backbone.")?.to_string(), t.clone())))
+        .collect()
+}
+
 impl Checkpoint {
     /// Writes `dir/step-NNNNNNNN` atomically and removes all but the newest `keep`.
     pub fn save(&self, dir: &Path, keep: usize) -> Result<PathBuf, CheckpointError> {

@@ -393,3 +393,38 @@ fn teacher_copy_is_exact_and_init_is_deterministic() {
     assert_eq!(names["backbone.pos_embed"], vec![1, 5, 24]);
     assert_eq!(names["head.last_layer.weight_g"], vec![16, 1]);
 }
+
+#[test]
+fn backbone_names_and_shapes_are_timms_for_every_arch() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/timm/vit_keys.json");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let archs = fixture["archs"].as_object().unwrap();
+    assert_eq!(archs.len(), 6);
+    for (key, expected) in archs {
+        let (arch, patch) = key.split_once('/').unwrap();
+        let cfg = VitConfig::named(arch, patch.parse().unwrap(), 224).unwrap();
+        let vit = VisionTransformer::<Inner>::new(&cfg, &mut Init::new(0), &Default::default());
+        let ours: BTreeMap<String, Vec<usize>> = params::collect(&vit)
+            .into_iter()
+            .map(|(k, flat)| (k, flat.shape))
+            .collect();
+        let theirs: BTreeMap<String, Vec<usize>> = expected
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, shape)| {
+                (
+                    k.clone(),
+                    shape
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|d| d.as_u64().unwrap() as usize)
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(ours, theirs, "{key}");
+    }
+}

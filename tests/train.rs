@@ -153,6 +153,37 @@ fn the_run_dir_holds_config_metrics_and_the_newest_checkpoints() {
         .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["step-00000030", "step-00000036"]);
+    // export: the teacher's backbone under timm's names, values as saved
+    let file = run.out.join("backbone.safetensors");
+    dino_stream_ok(&[
+        "export",
+        "--checkpoint",
+        path_str(&run.out),
+        "--out",
+        path_str(&file),
+    ]);
+    let exported = checkpoint::read_tensors(&file).unwrap();
+    let teacher = final_checkpoint(&run).teacher;
+    assert_eq!(
+        exported.len(),
+        4 + 2 * 12 + 2,
+        "cls, pos, patch w/b, 12 per block, norm w/b"
+    );
+    for (name, tensor) in &exported {
+        assert_eq!(&teacher[&format!("backbone.{name}")], tensor, "{name}");
+    }
+    assert!(
+        exported.contains_key("blocks.1.attn.qkv.weight") && exported.contains_key("norm.bias")
+    );
+    let err = dino_stream_err(&[
+        "export",
+        "--checkpoint",
+        path_str(shards()),
+        "--out",
+        path_str(&file),
+    ]);
+    assert!(err.contains("neither a checkpoint folder"), "{err}");
+
     let saved = fs::read_to_string(run.out.join("config.toml")).unwrap();
     assert!(
         saved.contains("epochs = 6") && saved.contains("momentum_teacher = 0.996"),

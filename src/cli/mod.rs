@@ -1,5 +1,6 @@
 //! The command line: one module per subcommand.
 
+mod export;
 mod ingest;
 mod inspect;
 mod metrics_endpoint;
@@ -16,7 +17,7 @@ use clap::{Parser, Subcommand};
     about = "DINO self-supervised pre-training with a streaming multi-crop data pipeline",
     long_about = "DINO self-supervised pre-training with a streaming multi-crop data pipeline.\n\n\
         Start with `ingest`, which turns an image folder into Parquet shards; `inspect` shows \
-        and verifies what it wrote; `train` runs DINO on them."
+        and verifies what it wrote; `train` runs DINO on them; `export` writes a trained backbone for timm."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +29,7 @@ enum Command {
     Ingest(ingest::Args),
     Inspect(inspect::Args),
     Train(train::Args),
+    Export(export::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -36,6 +38,7 @@ pub fn main() -> ExitCode {
         Command::Ingest(args) => ingest::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Train(args) => train::run(args),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(code) => code,

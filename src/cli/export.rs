@@ -1,0 +1,67 @@
+//! `dino-stream export`: a checkpoint's backbone as timm-compatible safetensors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::checkpoint::{self, Checkpoint};
+
+/// Write a checkpoint's ViT backbone as safetensors with timm's key names and shapes.
+///
+/// The file loads with strict key matching into
+/// `timm.create_model('vit_small_patch16_224', num_classes=0)` (or the matching arch; for
+/// a custom size, `timm.models.vision_transformer.VisionTransformer(...)` with the run's
+/// embed_dim/depth/num_heads/patch_size/img_size). The DINO head is not exported.
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// A checkpoint folder (RUN/checkpoints/step-N) or a run folder (its newest checkpoint)
+    #[arg(long, value_name = "PATH")]
+    checkpoint: PathBuf,
+    /// Output file
+    #[arg(long, value_name = "FILE.safetensors")]
+    out: PathBuf,
+    /// Which network: the EMA teacher (what DINO evaluates and releases) or the student
+    #[arg(long, default_value = "teacher", value_parser = ["teacher", "student"])]
+    which: String,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let dir = if args.checkpoint.join("state.json").exists() {
+        args.checkpoint.clone()
+    } else {
+        let ckpts = args.checkpoint.join("checkpoints");
+        checkpoint::latest(&ckpts)?.with_context(|| {
+            format!(
+                "{}: neither a checkpoint folder (no state.json) nor a run with checkpoints",
+                args.checkpoint.display()
+            )
+        })?
+    };
+    let ckpt = Checkpoint::load(&dir)?;
+    let network = if args.which == "teacher" {
+        &ckpt.teacher
+    } else {
+        &ckpt.student
+    };
+    let backbone = checkpoint::backbone(network);
+    if backbone.is_empty() {
+        anyhow::bail!(
+            "{}: no backbone tensors in the {}",
+            dir.display(),
+            args.which
+        );
+    }
+    checkpoint::write_tensors(&args.out, &backbone)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "exported the {} backbone of {} (step {}): {} tensors to {}",
+        args.which,
+        dir.display(),
+        ckpt.state.step,
+        backbone.len(),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -163,8 +163,8 @@ impl Checkpoint {
             fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         fs::create_dir(&tmp).map_err(io(&tmp))?;
-        write_tensors(&tmp.join("student.safetensors"), &self.student)?;
-        write_tensors(&tmp.join("teacher.safetensors"), &self.teacher)?;
+        write_tensors(&tmp.join(Which::Student.file()), &self.student)?;
+        write_tensors(&tmp.join(Which::Teacher.file()), &self.teacher)?;
         write_tensors(&tmp.join("optimizer.safetensors"), &self.optimizer)?;
         let state_path = tmp.join("state.json");
         let json = serde_json::to_vec_pretty(&self.state).expect("state serializes");
@@ -185,25 +185,71 @@ impl Checkpoint {
     }
 
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
-        let state_path = path.join("state.json");
-        let text = fs::read(&state_path).map_err(io(&state_path))?;
-        let state: State = serde_json::from_slice(&text).map_err(|e| CheckpointError::State {
-            path: state_path.clone(),
-            why: e.to_string(),
-        })?;
-        if state.format != FORMAT {
-            return Err(CheckpointError::State {
-                path: state_path,
-                why: format!("format `{}` is not `{FORMAT}`", state.format),
-            });
-        }
         Ok(Self {
-            state,
-            student: read_tensors(&path.join("student.safetensors"))?,
-            teacher: read_tensors(&path.join("teacher.safetensors"))?,
+            state: load_state(path)?,
+            student: read_tensors(&path.join(Which::Student.file()))?,
+            teacher: read_tensors(&path.join(Which::Teacher.file()))?,
             optimizer: read_tensors(&path.join("optimizer.safetensors"))?,
         })
     }
+}
+
+/// One of the two networks of a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    /// The EMA teacher: what DINO evaluates and releases.
+    Teacher,
+    Student,
+}
+
+impl Which {
+    pub fn file(self) -> &'static str {
+        match self {
+            Which::Teacher => "teacher.safetensors",
+            Which::Student => "student.safetensors",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Which::Teacher => "teacher",
+            Which::Student => "student",
+        }
+    }
+}
+
+fn load_state(path: &Path) -> Result<State, CheckpointError> {
+    let state_path = path.join("state.json");
+    let text = fs::read(&state_path).map_err(io(&state_path))?;
+    let state: State = serde_json::from_slice(&text).map_err(|e| CheckpointError::State {
+        path: state_path.clone(),
+        why: e.to_string(),
+    })?;
+    if state.format != FORMAT {
+        return Err(CheckpointError::State {
+            path: state_path,
+            why: format!("format `{}` is not `{FORMAT}`", state.format),
+        });
+    }
+    Ok(state)
+}
+
+/// The state and one network of a checkpoint, without the optimizer: what evaluation and
+/// export read.
+pub fn load_network(dir: &Path, which: Which) -> Result<(State, HostTensors), CheckpointError> {
+    Ok((load_state(dir)?, read_tensors(&dir.join(which.file()))?))
+}
+
+/// `path` itself when it is a checkpoint folder (holds state.json), else the newest
+/// checkpoint of the run folder `path`.
+pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
+    if path.join("state.json").exists() {
+        return Ok(path.to_path_buf());
+    }
+    latest(&path.join("checkpoints"))?.ok_or_else(|| CheckpointError::State {
+        path: path.to_path_buf(),
+        why: "neither a checkpoint folder (no state.json) nor a run folder with checkpoints".into(),
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {

@@ -61,6 +61,8 @@ INDEX_FORMAT = 1
 PHOTO_CROP_BOX = (236, 20, 492, 212)  # -> 256x192
 SMALL_BOX = (64, 48, 192, 144)        # box inside input.png -> input_small.png, 128x96
 TINY_BOX = (120, 60, 125, 63)         # box inside input.png -> input_tiny.png, 5x3
+PORTRAIT_BOX = (140, 0, 188, 80)      # box inside input.png -> input_portrait.png, 48x80 (lug)
+GRAY28_BOX = (128, 100, 156, 128)     # box inside input.png -> input_gray28.png, 28x28, as L
 
 JITTER_NAMES = ["brightness", "contrast", "saturation", "hue"]  # ColorJitter fn_id 0..3
 
@@ -164,7 +166,43 @@ def apply_step(img: Image.Image, step: dict) -> Image.Image:
         # DINO utils.Solarization.__call__ (ImageOps.solarize, default threshold 128)
         assert step["threshold"] == 128
         return ImageOps.solarize(img)
+    if op == "center_crop":
+        # DINO eval_knn.py's evaluation transform (Resize(256), CenterCrop(224)), with the
+        # resize side scaled to the model's resolution as dino_pipeline::eval::resize_side does
+        size = step["size"]
+        assert step["resize_side"] == eval_resize_side(size)
+        tf = T.Compose([T.Resize(step["resize_side"], interpolation=InterpolationMode.BICUBIC),
+                        T.CenterCrop(size)])
+        return tf(img)
     raise ValueError(op)
+
+
+def eval_resize_side(size: int) -> int:
+    """Shorter side before the evaluation centre crop: 256 for 224 (eval_knn.py), in the same
+    ratio for other sizes (dino_pipeline::eval::resize_side)."""
+    return (size * 256 + 112) // 224
+
+
+def center_crop_geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """(resized_w, resized_h, top, left) of the evaluation centre crop, in integers only.
+
+    Resize: the shorter side becomes eval_resize_side(size) and the longer side is
+    floor(short * long / old_short) (torchvision's int() of the quotient; exact here, since the
+    quotient of small integers is never within a rounding error of the next integer).
+    CenterCrop: offset = round((side - size) / 2) with Python's round, half to even.
+    """
+    short = eval_resize_side(size)
+    if w <= h:
+        rw, rh = short, short * h // w
+    else:
+        rw, rh = short * w // h, short
+
+    def offset(side: int) -> int:
+        d = side - size
+        assert d >= 0
+        q = d // 2
+        return q + 1 if d % 2 == 1 and q % 2 == 1 else q  # x.5 goes to the even neighbour
+    return rw, rh, offset(rh), offset(rw)
 
 
 def jitter_steps(order: list[int], b: float, c: float, s: float, h: float) -> list[dict]:
@@ -278,6 +316,33 @@ def build_cases() -> list[dict]:
     for name, steps, note in pipes:
         add(name, "pipeline", {}, steps, "input.png")
         cases[-1]["note"] = note
+
+    # 12. evaluation transform: Resize(resize_side(size), BICUBIC) then CenterCrop(size)
+    def box_wh(b):
+        return b[2] - b[0], b[3] - b[1]
+    input_wh = {"input.png": box_wh(PHOTO_CROP_BOX), "input_small.png": box_wh(SMALL_BOX),
+                "input_tiny.png": box_wh(TINY_BOX), "input_portrait.png": box_wh(PORTRAIT_BOX),
+                "input_gray28.png": box_wh(GRAY28_BOX)}
+    cc = [
+        ("center_crop_224_photo", "input.png", 224,
+         "DINO's eval size: upscale; left offset 58.5 rounds to the even 58"),
+        ("center_crop_96_photo", "input.png", 96, "downscale; whole-number offsets"),
+        ("center_crop_37_small", "input_small.png", 37,
+         "downscale; left 9.5 rounds up to 10, top 2.5 down to 2 (half to even)"),
+        ("center_crop_35_portrait", "input_portrait.png", 35,
+         "portrait (w < h): longer side 40*80/48 = 66.67 truncated to 66; "
+         "left 2.5 rounds to 2, top 15.5 to 16"),
+        ("center_crop_8_tiny", "input_tiny.png", 8,
+         "5x3 source, 3x upscale; left 3.5 rounds up to 4, top 0.5 down to 0"),
+        ("center_crop_28_gray28", "input_gray28.png", 28,
+         "Fashion-MNIST-like: a 28x28 grey image as RGB, upsampled to 32x32, then cropped to 28"),
+    ]
+    for name, inp, size, note in cc:
+        rw, rh, top, left = center_crop_geometry(*input_wh[inp], size)
+        single(name, inp, {"op": "center_crop", "size": size, "resize_side": eval_resize_side(size),
+                           "interpolation": "bicubic"})
+        cases[-1]["note"] = (f"{note}. {input_wh[inp][0]}x{input_wh[inp][1]} -> resize {rw}x{rh}"
+                             f" -> crop at top {top}, left {left}")
     return cases
 
 
@@ -483,6 +548,10 @@ def spec_step(a: np.ndarray, step: dict) -> np.ndarray:
         return spec_gaussian_blur(a, step["sigma"])
     if op == "solarize":
         return np.where(a < step["threshold"], a, 255 - a).astype(np.uint8)
+    if op == "center_crop":
+        size = step["size"]
+        rw, rh, top, left = center_crop_geometry(a.shape[1], a.shape[0], size)
+        return spec_resize_bicubic(a, rw, rh)[top:top + size, left:left + size].copy()
     raise ValueError(op)
 
 
@@ -590,6 +659,11 @@ def main() -> None:
                            {"origin": "input.png", "crop_box_ltrb": list(TINY_BOX)}),
         "colors.png": (make_colors_image(),
                        {"origin": "synthetic: grey ramp, edge-case colours, splitmix64 colours"}),
+        "input_portrait.png": (photo.crop(PORTRAIT_BOX),
+                               {"origin": "input.png", "crop_box_ltrb": list(PORTRAIT_BOX)}),
+        "input_gray28.png": (photo.crop(GRAY28_BOX).convert("L").convert("RGB"),
+                             {"origin": "input.png, converted to L and back to RGB",
+                              "crop_box_ltrb": list(GRAY28_BOX)}),
     }
     if origin.get("crop_box_ltrb") is None:
         # regenerating from the committed input.png: keep the photo's provenance
@@ -645,6 +719,8 @@ def main() -> None:
         "pixel_format": "8-bit RGB PNG, no alpha, no gamma/ICC chunks; compare raw pixels exactly",
         "conventions": {
             "resized_crop": "top/left/height/width = torchvision (i, j, h, w); size_hw = [height, width]",
+            "center_crop": "Resize(resize_side, BICUBIC) then CenterCrop(size); "
+                           "resize_side = (size*256 + 112) // 224 (256 for 224)",
             "output_size": "width/height of the output PNG",
             "steps": "applied in order to the decoded input; a single-op case has one step",
             "jitter_order": "ColorJitter fn_idx: 0 brightness, 1 contrast, 2 saturation, 3 hue",
@@ -713,6 +789,9 @@ def render_readme(versions: dict, inputs: dict, cases: list[dict], probes: dict 
           ImageStat.Stat.sum.func) + f"```python\n{src(ImageStat.Stat.mean.func)}\n```\n",
         q(f"Pillow {v['pillow']}: `ImageFilter.GaussianBlur`", ImageFilter.GaussianBlur),
         q(f"Pillow {v['pillow']}: `ImageOps.solarize`", ImageOps.solarize),
+        q(f"torchvision {v['torchvision']}: `functional._compute_resized_output_size` (Resize with one int)",
+          F._compute_resized_output_size),
+        q(f"torchvision {v['torchvision']}: `functional.center_crop`", F.center_crop),
     ])
     return README_TEMPLATE.format(
         torch=v["torch"], torchvision=v["torchvision"], pillow=v["pillow"], numpy=v["numpy"],
@@ -782,7 +861,7 @@ Inputs:
       "name": "hue_-0.037_photo",      # also the output file stem
       "op": "hue",                     # category: resized_crop | hflip | brightness | contrast |
                                        #   saturation | hue | grayscale | gaussian_blur | solarize |
-                                       #   color_jitter_sequence | pipeline
+                                       #   color_jitter_sequence | pipeline | center_crop
       "params": {{"factor": -0.037}},    # the op's parameters (for sequences: order + factors)
       "steps": [{{"op": "hue", "factor": -0.037}}],   # what to apply, in order
       "input": "input_small.png",
@@ -809,6 +888,7 @@ Step vocabulary (the interpreter for a case applies `steps` in order):
 | `grayscale` | `num_output_channels: 3` | `F.rgb_to_grayscale(img, 3)` (RandomGrayscale) |
 | `gaussian_blur` | `sigma` | `img.filter(ImageFilter.GaussianBlur(radius=sigma))` (DINO utils.GaussianBlur) |
 | `solarize` | `threshold: 128` | `ImageOps.solarize(img)` (DINO utils.Solarization) |
+| `center_crop` | `size, resize_side, interpolation: "bicubic"` | `T.CenterCrop(size)(T.Resize(resize_side, InterpolationMode.BICUBIC)(img))` (DINO eval_knn.py) |
 
 `color_jitter_sequence` cases are `ColorJitter.forward` with its draw fixed. The
 generator also checks them against the real `ColorJitter.forward` with
@@ -939,6 +1019,20 @@ f32.
 
 ### Solarize (DINO `utils.Solarization` → `ImageOps.solarize(img)`, threshold 128)
 Per channel: `v < 128 ? v : 255 - v`.
+
+### center_crop (evaluation: `Resize(resize_side, BICUBIC)` then `CenterCrop(size)`)
+DINO's `eval_knn.py` uses `Resize(256, interpolation=3)` then `CenterCrop(224)`. For
+other sizes `resize_side = (size*256 + 112) // 224` (224 → 256, 96 → 110, 28 → 32).
+* Resize (`F._compute_resized_output_size` with one int): the shorter side becomes
+  `resize_side`, the longer one `int(resize_side * long / short)` (f64 quotient,
+  truncated; equal to the integer floor division for these sizes). A square
+  image counts as `w <= h`. If the size is unchanged, the image is returned as
+  it is. Otherwise it is the whole-image bicubic resample above (box = the full
+  image, same pass order rule).
+* CenterCrop (`F.center_crop`): `top = int(round((rh - size) / 2.0))`,
+  `left = int(round((rw - size) / 2.0))`. Python's `round` is **half to even**:
+  58.5 → 58, 9.5 → 10, 2.5 → 2, 15.5 → 16, 0.5 → 0. Then a plain crop. The
+  resized image is never smaller than `size`, so the padding branch is not taken.
 
 ### hflip
 `img.transpose(FLIP_LEFT_RIGHT)`: a plain mirror.

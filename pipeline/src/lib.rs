@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod batch;
 pub mod dataset;
+pub mod eval;
 pub mod ingest;
 pub mod jpeg;
 pub mod loader;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Which};
 
 /// Write a checkpoint's ViT backbone as safetensors with timm's key names and shapes.
 ///
@@ -22,44 +22,29 @@ pub struct Args {
     /// Output file
     #[arg(long, value_name = "FILE.safetensors")]
     out: PathBuf,
-    /// Which network: the EMA teacher (what DINO evaluates and releases) or the student
-    #[arg(long, default_value = "teacher", value_parser = ["teacher", "student"])]
-    which: String,
+    /// Which network
+    #[arg(long, value_enum, default_value_t = Which::Teacher)]
+    which: Which,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let dir = if args.checkpoint.join("state.json").exists() {
-        args.checkpoint.clone()
-    } else {
-        let ckpts = args.checkpoint.join("checkpoints");
-        checkpoint::latest(&ckpts)?.with_context(|| {
-            format!(
-                "{}: neither a checkpoint folder (no state.json) nor a run with checkpoints",
-                args.checkpoint.display()
-            )
-        })?
-    };
-    let ckpt = Checkpoint::load(&dir)?;
-    let network = if args.which == "teacher" {
-        &ckpt.teacher
-    } else {
-        &ckpt.student
-    };
-    let backbone = checkpoint::backbone(network);
+    let dir = checkpoint::resolve(&args.checkpoint)?;
+    let (state, network) = checkpoint::load_network(&dir, args.which)?;
+    let backbone = checkpoint::backbone(&network);
     if backbone.is_empty() {
         anyhow::bail!(
             "{}: no backbone tensors in the {}",
             dir.display(),
-            args.which
+            args.which.name()
         );
     }
     checkpoint::write_tensors(&args.out, &backbone)
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
         "exported the {} backbone of {} (step {}): {} tensors to {}",
-        args.which,
+        args.which.name(),
         dir.display(),
-        ckpt.state.step,
+        state.step,
         backbone.len(),
         args.out.display()
     );

@@ -1,14 +1,19 @@
 //! The command line: one module per subcommand.
 
+mod attention;
 mod export;
+mod import;
 mod ingest;
 mod inspect;
+mod knn;
 mod metrics_endpoint;
+mod plot;
 mod train;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Parser)]
 #[command(
@@ -17,7 +22,8 @@ use clap::{Parser, Subcommand};
     about = "DINO self-supervised pre-training with a streaming multi-crop data pipeline",
     long_about = "DINO self-supervised pre-training with a streaming multi-crop data pipeline.\n\n\
         Start with `ingest`, which turns an image folder into Parquet shards; `inspect` shows \
-        and verifies what it wrote; `train` runs DINO on them; `export` writes a trained backbone for timm."
+        and verifies what it wrote; `train` runs DINO on them and `plot` draws its curves; `knn` and `attention` evaluate a \
+        checkpoint; `export` and `import` move backbones to and from timm and the official DINO weights."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,7 +35,11 @@ enum Command {
     Ingest(ingest::Args),
     Inspect(inspect::Args),
     Train(train::Args),
+    Plot(plot::Args),
+    Knn(knn::Args),
+    Attention(attention::Args),
     Export(export::Args),
+    Import(import::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -38,7 +48,11 @@ pub fn main() -> ExitCode {
         Command::Ingest(args) => ingest::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Train(args) => train::run(args),
+        Command::Plot(args) => plot::run(args),
+        Command::Knn(args) => knn::run(args),
+        Command::Attention(args) => attention::run(args),
         Command::Export(args) => export::run(args),
+        Command::Import(args) => import::run(args),
     };
     match result {
         Ok(code) => code,
@@ -63,4 +77,19 @@ pub(crate) fn bytes(n: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// A bar on stderr when it is a terminal, hidden otherwise (logs stay clean).
+pub(crate) fn progress_bar(len: u64, unit: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {unit}  {{per_sec}}  ETA {{eta}}"
+        ))
+        .expect("valid template"),
+    );
+    bar
 }

@@ -53,7 +53,7 @@ pub struct RunOptions {
 }
 
 /// One line of `RUN/metrics.jsonl`: the step's schedule values and the window's averages.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct LogLine {
     pub step: u64,
     pub epoch: u64,

@@ -16,14 +16,11 @@ use dino_pipeline::rng;
 use super::{LogLine, TrainError};
 use crate::checkpoint::{Checkpoint, FORMAT, HostTensors, State};
 use crate::config::Config;
+use crate::images;
 use crate::loss::{DinoLoss, TeacherStats};
 use crate::model::{BlockDrop, Dino};
 use crate::optim::{AdamW, Moments};
 use crate::params;
-
-/// ImageNet statistics, as the recipe's `Normalize`.
-const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// One batch on the device, normalized, NCHW.
 pub struct Images<B: Backend> {
@@ -44,21 +41,14 @@ impl<B: Backend> Images<B> {
         let g = s.global_size as usize;
         let l = s.local_size as usize;
         Self {
-            globals: normalize(&batch.globals, [n_globals, g, g, 3], device),
-            locals: (n_locals > 0).then(|| normalize(&batch.locals, [n_locals, l, l, 3], device)),
+            globals: images::to_device(&batch.globals, [n_globals, g, g, 3], device),
+            locals: (n_locals > 0)
+                .then(|| images::to_device(&batch.locals, [n_locals, l, l, 3], device)),
             n_globals,
             n_locals,
             next: batch.next,
         }
     }
-}
-
-/// u8 NHWC on the host -> normalized f32 NCHW on the device.
-fn normalize<B: Backend>(bytes: &[u8], shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
-    let x = Tensor::<B, 4>::from_data(TensorData::new(bytes.to_vec(), shape), device);
-    let mean = Tensor::<B, 1>::from_floats(MEAN, device).reshape([1, 1, 1, 3]);
-    let std = Tensor::<B, 1>::from_floats(STD, device).reshape([1, 1, 1, 3]);
-    ((x / 255.0 - mean) / std).permute([0, 3, 1, 2])
 }
 
 /// Stochastic depth for one backbone pass of `n` crops: per block `i`, the drop rate rises

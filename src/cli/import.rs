@@ -1,0 +1,198 @@
+//! `dino-stream import`: official DINO or timm weights as a checkpoint folder that `knn`,
+//! `attention` and `export` read.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use burn::backend::Flex;
+
+use crate::checkpoint::{self, Checkpoint, FORMAT, HostTensors, PositionRecord, State};
+use crate::config::Config;
+use crate::interop::{self, Format};
+use crate::model::{Dino, Init, VisionTransformer};
+use crate::params;
+
+/// Import official DINO weights (or timm's) into a checkpoint folder.
+///
+/// Accepted files, recognized by content:
+///   * the released backbone-only state dict, e.g. dino_deitsmall16_pretrain.pth
+///     (the teacher's backbone; no head);
+///   * main_dino.py's full training checkpoint (checkpoint.pth): its `teacher` and
+///     `student` networks, backbone and DINO head (the optimizer state is not imported);
+///   * timm safetensors of a ViT (e.g. vit_small_patch16_224.dino's model.safetensors).
+///
+/// Loading is strict: a missing, unexpected or misshapen tensor is an error that names it.
+/// The architecture comes from --arch/--patch (or a --config whose [model] section
+/// describes it); the head's sizes are read from the file.
+///
+/// The folder (CKPT) holds state.json, teacher.safetensors and student.safetensors (the
+/// teacher again when the file has no student); use it as --checkpoint of knn, attention
+/// and export. It cannot be resumed: it has no optimizer state.
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The weights file (.pth or .safetensors)
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// The checkpoint folder to write
+    #[arg(long, value_name = "CKPT")]
+    out: PathBuf,
+    /// vit_tiny, vit_small or vit_base (or custom, with embed_dim/depth/num_heads from
+    /// --config or --set)
+    #[arg(long, value_name = "ARCH")]
+    arch: Option<String>,
+    /// Patch size (16 or 8 for the official weights)
+    #[arg(long, value_name = "P")]
+    patch: Option<usize>,
+    /// The resolution the positional grid was learned at
+    #[arg(long, value_name = "PX")]
+    img_size: Option<usize>,
+    /// A run config whose [model] section describes the network
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override a config key: SECTION.KEY=VALUE (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.out.exists() {
+        anyhow::bail!(
+            "{} exists; choose a new folder for the import",
+            args.out.display()
+        );
+    }
+    let imported = interop::read(&args.weights)?;
+    let mut overrides = Vec::new();
+    if let Some(arch) = &args.arch {
+        overrides.push(format!("model.arch={arch}"));
+    }
+    if let Some(patch) = args.patch {
+        overrides.push(format!("model.patch_size={patch}"));
+    }
+    if let Some(size) = args.img_size {
+        overrides.push(format!("model.img_size={size}"));
+    }
+    let has_head = imported.teacher.keys().any(|k| k.starts_with("head."));
+    if has_head {
+        overrides.extend(head_overrides(&imported.teacher));
+    }
+    overrides.extend(args.overrides.iter().cloned());
+    let config = Config::load(args.config.as_deref(), &overrides)?;
+    if args.arch.is_none() && args.config.is_none() {
+        eprintln!(
+            "note: no --arch or --config: assuming the recipe's {} with patch {}",
+            config.model.arch, config.model.patch_size
+        );
+    }
+
+    let student = imported
+        .student
+        .clone()
+        .unwrap_or_else(|| imported.teacher.clone());
+    for (which, network) in [("teacher", &imported.teacher), ("student", &student)] {
+        check_strict(&config, network, has_head).with_context(|| {
+            format!(
+                "{}: the {which} does not match {} / patch {} (embed {}, depth {}, {} heads)",
+                args.weights.display(),
+                config.model.arch,
+                config.model.patch_size,
+                config.vit().embed_dim,
+                config.vit().depth,
+                config.vit().num_heads
+            )
+        })?;
+    }
+
+    let state = State {
+        format: FORMAT.into(),
+        step: 0,
+        position: PositionRecord {
+            epoch: 0,
+            consumed: 0,
+        },
+        data_plan: format!("imported from {}", args.weights.display()),
+        optimizer_steps: BTreeMap::new(),
+        config: config.to_toml(),
+    };
+    write(&args.out, &state, &imported.teacher, &student)?;
+    println!(
+        "imported {} ({}: teacher {} tensors{}) as {} / patch {} -> {}",
+        args.weights.display(),
+        imported.format.describe(),
+        imported.teacher.len(),
+        match imported.format {
+            Format::FullCheckpoint => format!(", student {}", student.len()),
+            _ => String::new(),
+        },
+        config.model.arch,
+        config.model.patch_size,
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The DINO head's sizes, from the weight-normalized last layer ([K, bottleneck]) and the
+/// first MLP layer ([hidden, D]); `norm_last_layer` when its gain is fixed at 1.
+fn head_overrides(network: &HostTensors) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some((shape, _)) = network.get("head.last_layer.weight_v") {
+        out.push(format!("model.out_dim={}", shape[0]));
+        out.push(format!("model.head_bottleneck_dim={}", shape[1]));
+    }
+    if let Some((shape, _)) = network.get("head.mlp.0.weight") {
+        out.push(format!("model.head_hidden_dim={}", shape[0]));
+    }
+    if let Some((_, g)) = network.get("head.last_layer.weight_g") {
+        out.push(format!(
+            "model.norm_last_layer={}",
+            g.iter().all(|&v| v == 1.0)
+        ));
+    }
+    out
+}
+
+/// Loads `network` into the config's model on the CPU, which names any missing, unexpected
+/// or misshapen tensor.
+fn check_strict(config: &Config, network: &HostTensors, has_head: bool) -> anyhow::Result<()> {
+    let device = Default::default();
+    let result = if has_head {
+        let model = Dino::<Flex>::new(&config.vit(), &config.head(), 0, &device);
+        params::load(model, network, &device).map(drop)
+    } else {
+        let vit = VisionTransformer::<Flex>::new(&config.vit(), &mut Init::new(0), &device);
+        params::load(vit, &checkpoint::backbone(network), &device).map(drop)
+    };
+    if !has_head && let Some(stray) = network.keys().find(|k| !k.starts_with("backbone.")) {
+        anyhow::bail!("unexpected tensor `{stray}`");
+    }
+    result.map_err(anyhow::Error::msg)
+}
+
+/// A checkpoint folder with empty optimizer state, written as a run's checkpoints are
+/// (temporary folder, fsync, rename).
+fn write(
+    out: &std::path::Path,
+    state: &State,
+    teacher: &HostTensors,
+    student: &HostTensors,
+) -> anyhow::Result<()> {
+    let ckpt = Checkpoint {
+        state: state.clone(),
+        student: student.clone(),
+        teacher: teacher.clone(),
+        optimizer: HostTensors::new(),
+    };
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let staging = parent.join(format!(".import-{}", std::process::id()));
+    let saved = ckpt.save(&staging, 1)?;
+    std::fs::rename(&saved, out)
+        .with_context(|| format!("moving {} to {}", saved.display(), out.display()))?;
+    std::fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Reading official DINO and timm weights: the released backbone-only `.pth`, the full
+//! training checkpoint of main_dino.py (`student` wrapped as `module.`, `teacher` not, each
+//! `backbone.` + `head.`), and timm safetensors. PyTorch pickles are read here and nowhere
+//! else; everything else in the project reads safetensors.
+
+use std::path::{Path, PathBuf};
+
+use burn_store::pytorch::PytorchReader;
+
+use crate::checkpoint::{self, HostTensors};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{path}: not a readable PyTorch file: {why}")]
+    Pytorch { path: PathBuf, why: String },
+    #[error(transparent)]
+    Safetensors(#[from] checkpoint::CheckpointError),
+    #[error("{path}: tensor `{name}`: {why}")]
+    Tensor {
+        path: PathBuf,
+        name: String,
+        why: String,
+    },
+    #[error(
+        "{path}: has `teacher.*` tensors but no `student.*` ones (or the reverse); a full \
+         training checkpoint holds both"
+    )]
+    HalfCheckpoint { path: PathBuf },
+    #[error("{path}: no tensors found")]
+    Empty { path: PathBuf },
+}
+
+/// What a weights file held, under the project's names (`backbone.*`, `head.*`).
+#[derive(Debug)]
+pub struct Imported {
+    pub format: Format,
+    pub teacher: HostTensors,
+    /// only a full training checkpoint has a student
+    pub student: Option<HostTensors>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `torch.save(backbone.state_dict())`, as the released `dino_*_pretrain.pth`
+    BackbonePth,
+    /// main_dino.py's `checkpoint.pth`
+    FullCheckpoint,
+    /// timm's `model.safetensors`
+    TimmSafetensors,
+}
+
+impl Format {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Format::BackbonePth => "backbone state dict (.pth)",
+            Format::FullCheckpoint => "full DINO training checkpoint (.pth)",
+            Format::TimmSafetensors => "timm safetensors",
+        }
+    }
+}
+
+/// Reads `path`, recognizing the format by content (safetensors by its JSON header, else a
+/// PyTorch zip or legacy pickle).
+pub fn read(path: &Path) -> Result<Imported, ImportError> {
+    let head = read_head(path)?;
+    if is_safetensors(&head) {
+        let tensors = checkpoint::read_tensors(path)?;
+        return backbone_only(path, Format::TimmSafetensors, tensors);
+    }
+    let reader = PytorchReader::new(path).map_err(|e| ImportError::Pytorch {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let mut tensors = HostTensors::new();
+    for (name, snapshot) in reader.tensors() {
+        let fail = |why: String| ImportError::Tensor {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            why,
+        };
+        let data = snapshot.to_data().map_err(|e| fail(e.to_string()))?;
+        let shape = data.shape.to_vec();
+        let values = data
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| fail(format!("{e:?}")))?;
+        tensors.insert(name.clone(), (shape, values));
+    }
+    let has = |prefix: &str| tensors.keys().any(|k| k.starts_with(prefix));
+    match (has("teacher."), has("student.")) {
+        (true, true) => Ok(Imported {
+            format: Format::FullCheckpoint,
+            teacher: network(&tensors, "teacher."),
+            student: Some(network(&tensors, "student.")),
+        }),
+        (false, false) => backbone_only(path, Format::BackbonePth, tensors),
+        _ => Err(ImportError::HalfCheckpoint {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+fn read_head(path: &Path) -> Result<Vec<u8>, ImportError> {
+    use std::io::Read;
+    let io = |e: std::io::Error| {
+        ImportError::Safetensors(checkpoint::CheckpointError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
+    };
+    let mut head = Vec::with_capacity(9);
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(9)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    Ok(head)
+}
+
+/// safetensors: a little-endian u64 header length, then the JSON header.
+fn is_safetensors(head: &[u8]) -> bool {
+    head.len() == 9 && head[8] == b'{'
+}
+
+/// A plain backbone state dict (timm names, maybe DDP's `module.`): the teacher only, as
+/// the official release (the released weights are the teacher).
+fn backbone_only(
+    path: &Path,
+    format: Format,
+    tensors: HostTensors,
+) -> Result<Imported, ImportError> {
+    if tensors.is_empty() {
+        return Err(ImportError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let teacher = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let name = name.strip_prefix("module.").unwrap_or(&name);
+            (format!("backbone.{name}"), t)
+        })
+        .collect();
+    Ok(Imported {
+        format,
+        teacher,
+        student: None,
+    })
+}
+
+/// The tensors under `prefix` (`teacher.` / `student.`), renamed from the official
+/// `MultiCropWrapper` layout to the project's: DDP's `module.` dropped, the head's
+/// `nn.Sequential` indices 0/2/4 (GELUs between) as `mlp.0/1/2`, and the parametrized
+/// weight norm's `original0/1` as `weight_g/v`. Other names stay as they are, for the strict
+/// load to report.
+fn network(tensors: &HostTensors, prefix: &str) -> HostTensors {
+    tensors
+        .iter()
+        .filter_map(|(name, t)| {
+            let name = name.strip_prefix(prefix)?;
+            let name = name.strip_prefix("module.").unwrap_or(name);
+            Some((rename_head(name), t.clone()))
+        })
+        .collect()
+}
+
+fn rename_head(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("head.mlp.") {
+        let (index, param) = rest.split_once('.').unwrap_or((rest, ""));
+        let ours = match index {
+            "0" => "0",
+            "2" => "1",
+            "4" => "2",
+            // A layer the official head does not have: renamed apart, so that it cannot
+            // collide with a mapped one and the strict load names it.
+            other => return format!("head.mlp.unmapped_{other}.{param}"),
+        };
+        return format!("head.mlp.{ours}.{param}");
+    }
+    match name {
+        "head.last_layer.parametrizations.weight.original0" => "head.last_layer.weight_g".into(),
+        "head.last_layer.parametrizations.weight.original1" => "head.last_layer.weight_v".into(),
+        _ => name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rename_head;
+
+    #[test]
+    fn head_indices_follow_the_official_sequential() {
+        assert_eq!(rename_head("head.mlp.0.weight"), "head.mlp.0.weight");
+        assert_eq!(rename_head("head.mlp.2.bias"), "head.mlp.1.bias");
+        assert_eq!(rename_head("head.mlp.4.weight"), "head.mlp.2.weight");
+        assert_eq!(
+            rename_head("head.mlp.1.weight"),
+            "head.mlp.unmapped_1.weight"
+        );
+        assert_eq!(
+            rename_head("head.last_layer.parametrizations.weight.original1"),
+            "head.last_layer.weight_v"
+        );
+        assert_eq!(rename_head("backbone.norm.bias"), "backbone.norm.bias");
+    }
+}

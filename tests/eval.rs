@@ -1,0 +1,451 @@
+//! What users do with weights, end to end through the CLI: `import` of the official formats
+//! (fixtures made by `torch.save` in tools/gen-import-fixtures.py) with strict loading,
+//! `export` back to timm, `attention` maps, and `plot` of a run's curves.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+use common::{dino_stream_err, dino_stream_ok, path_str, samples};
+use dino_stream::checkpoint::{self, HostTensors, Which};
+use dino_stream::config::Config;
+use dino_stream::eval::Weights;
+use dino_stream::eval::attention::{cls_attention, threshold_mask};
+use dino_stream::model::Dino;
+use dino_stream::params;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/import")
+}
+
+fn reference() -> HostTensors {
+    checkpoint::read_tensors(&fixtures().join("reference.safetensors")).unwrap()
+}
+
+/// The fixtures' architecture (reference.json: ViT 24-dim, depth 2, 2 heads, patch 8, 32 px).
+const ARCH: [&str; 12] = [
+    "--arch",
+    "custom",
+    "--patch",
+    "8",
+    "--img-size",
+    "32",
+    "--set",
+    "model.embed_dim=24",
+    "--set",
+    "model.depth=2",
+    "--set",
+    "model.num_heads=2",
+];
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("eval")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    dir
+}
+
+fn import(file: &str, out: &Path) -> String {
+    let weights = fixtures().join(file);
+    let mut args = vec![
+        "import",
+        "--weights",
+        path_str(&weights),
+        "--out",
+        path_str(out),
+    ];
+    args.extend(ARCH);
+    dino_stream_ok(&args)
+}
+
+/// `expected` is the reference under `prefix` (e.g. "teacher."); every tensor must be there,
+/// bit for bit, and nothing else.
+fn assert_same(network: &HostTensors, expected: &HostTensors, prefix: &str, what: &str) {
+    let expected: HostTensors = expected
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v.clone())))
+        .collect();
+    assert_eq!(
+        network.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "{what}: tensor names"
+    );
+    for (name, (shape, values)) in &expected {
+        let (s, v) = &network[name];
+        assert_eq!(s, shape, "{what}: {name} shape");
+        assert!(v == values, "{what}: {name} values differ");
+    }
+}
+
+fn tensor2(t: &(Vec<usize>, Vec<f32>)) -> Vec<f32> {
+    t.1.clone()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The CLS feature of an imported network on the fixture's input batch, next to timm's.
+fn cls_of(dir: &Path, which: Which) -> Vec<f32> {
+    let reference = reference();
+    let (shape, input) = &reference["input"];
+    let device = Default::default();
+    let vit = Weights::open(dir, which, false)
+        .unwrap()
+        .build::<Flex>(&device)
+        .unwrap();
+    let x = Tensor::<Flex, 4>::from_data(
+        TensorData::new(input.clone(), [shape[0], shape[1], shape[2], shape[3]]),
+        &device,
+    );
+    vit.forward(x, None).into_data().into_vec::<f32>().unwrap()
+}
+
+#[test]
+fn import_reads_every_official_format_exactly() {
+    let reference = reference();
+    let tolerance = 1e-5;
+
+    // the released backbone-only state dict: the teacher's backbone
+    let dir = scratch("backbone");
+    let out = import("backbone.pth", &dir);
+    assert!(out.contains("backbone state dict"), "{out}");
+    let (_, teacher) = checkpoint::load_network(&dir, Which::Teacher).unwrap();
+    let backbone_ref: HostTensors = reference
+        .iter()
+        .filter(|(k, _)| k.starts_with("teacher.backbone."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_same(&teacher, &backbone_ref, "teacher.", "backbone.pth");
+    let diff = max_abs_diff(
+        &cls_of(&dir, Which::Teacher),
+        &tensor2(&reference["cls_teacher"]),
+    );
+    println!("backbone.pth: CLS vs timm max abs diff {diff:.2e}");
+    assert!(
+        diff < tolerance,
+        "backbone.pth CLS differs from timm by {diff}"
+    );
+
+    // timm safetensors: the same weights
+    let dir = scratch("timm");
+    import("timm.safetensors", &dir);
+    let (_, teacher) = checkpoint::load_network(&dir, Which::Teacher).unwrap();
+    assert_same(&teacher, &backbone_ref, "teacher.", "timm.safetensors");
+
+    // the full training checkpoint: both networks with their heads
+    let dir = scratch("full");
+    let out = import("full_checkpoint.pth", &dir);
+    assert!(out.contains("student 38"), "{out}");
+    for which in [Which::Teacher, Which::Student] {
+        let prefix = format!("{}.", which.name());
+        let (state, network) = checkpoint::load_network(&dir, which).unwrap();
+        let network_ref: HostTensors = reference
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_same(&network, &network_ref, &prefix, "full_checkpoint.pth");
+
+        let cls = cls_of(&dir, which);
+        let diff = max_abs_diff(&cls, &tensor2(&reference[&format!("cls_{}", which.name())]));
+        println!(
+            "full_checkpoint.pth {}: CLS max abs diff {diff:.2e}",
+            which.name()
+        );
+        assert!(diff < tolerance, "{} CLS differs by {diff}", which.name());
+
+        // the head (sizes read from the file; learned weight_g, so norm_last_layer off)
+        let config = Config::parse(&state.config, "import", &[]).unwrap();
+        assert_eq!(
+            (
+                config.model.out_dim,
+                config.model.head_hidden_dim,
+                config.model.head_bottleneck_dim
+            ),
+            (64, 32, 16)
+        );
+        assert!(!config.model.norm_last_layer);
+        let device = Default::default();
+        let dino = Dino::<Flex>::new(&config.vit(), &config.head(), 0, &device);
+        let dino = params::load(dino, &network, &device).unwrap();
+        let features = Tensor::<Flex, 2>::from_data(TensorData::new(cls, [2, 24]), &device);
+        let out = dino
+            .head
+            .forward(features)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        let diff = max_abs_diff(
+            &out,
+            &tensor2(&reference[&format!("head_out_{}", which.name())]),
+        );
+        println!(
+            "full_checkpoint.pth {}: head max abs diff {diff:.2e}",
+            which.name()
+        );
+        assert!(diff < tolerance, "{} head differs by {diff}", which.name());
+    }
+
+    // export gives timm's file back, tensor for tensor
+    let exported = scratch("export.safetensors");
+    dino_stream_ok(&[
+        "export",
+        "--checkpoint",
+        path_str(&scratch_keep("timm")),
+        "--out",
+        path_str(&exported),
+    ]);
+    let timm = checkpoint::read_tensors(&fixtures().join("timm.safetensors")).unwrap();
+    assert_eq!(checkpoint::read_tensors(&exported).unwrap(), timm);
+}
+
+/// A scratch path without clearing it.
+fn scratch_keep(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("eval")
+        .join(name)
+}
+
+#[test]
+fn import_is_strict_and_names_the_tensor() {
+    let cases = [
+        ("missing.pth", "tensor `blocks.1.norm2.bias` is missing"),
+        ("unexpected.pth", "unexpected tensor `head.weight`"),
+        ("README.md", "not a readable PyTorch file"),
+    ];
+    for (file, expected) in cases {
+        let weights = fixtures().join(file);
+        let out = scratch(&format!("strict-{file}"));
+        let mut args = vec![
+            "import",
+            "--weights",
+            path_str(&weights),
+            "--out",
+            path_str(&out),
+        ];
+        args.extend(ARCH);
+        let err = dino_stream_err(&args);
+        assert!(err.contains(expected), "{file}: {err}");
+        assert!(!out.exists(), "{file}: nothing may be written on error");
+    }
+    // the right file for the wrong architecture
+    let weights = fixtures().join("backbone.pth");
+    let out = scratch("strict-arch");
+    let err = dino_stream_err(&[
+        "import",
+        "--weights",
+        path_str(&weights),
+        "--out",
+        path_str(&out),
+        "--arch",
+        "vit_tiny",
+        "--patch",
+        "8",
+    ]);
+    assert!(
+        err.contains("has shape") && err.contains("vit_tiny"),
+        "{err}"
+    );
+}
+
+#[test]
+fn attention_maps_and_masks() {
+    let dir = scratch("attention-weights");
+    import("full_checkpoint.pth", &dir);
+    let photo = common::jpeg_files(&samples("crops", 2))[0].clone();
+    let out = scratch("attention");
+    let stdout = dino_stream_ok(&[
+        "attention",
+        "--checkpoint",
+        path_str(&dir),
+        "--image",
+        path_str(&photo),
+        "--out",
+        path_str(&out),
+        "--size",
+        "70",
+        "--threshold",
+        "0.6",
+    ]);
+    // 70 px cut to 64 (a multiple of the patch): an 8x8 grid
+    assert!(stdout.contains("2 heads on a 8x8 patch grid"), "{stdout}");
+    for name in [
+        "img.png",
+        "attn-head0.png",
+        "attn-head1.png",
+        "attn-mean.png",
+        "overlay.png",
+        "mask-head0.png",
+        "mask-head1.png",
+    ] {
+        let img = image::open(out.join(name)).unwrap();
+        assert_eq!((img.width(), img.height()), (64, 64), "{name}");
+    }
+
+    // the maps themselves: each head's CLS row over the patches is a softmax row without its
+    // CLS entry, and the mask keeps the largest patches up to 60% of the mass
+    let weights = Weights::open(&dir, Which::Teacher, false).unwrap();
+    let device = Default::default();
+    let vit = weights.build::<Flex>(&device).unwrap();
+    let x = Tensor::<Flex, 4>::random(
+        [1, 3, 64, 64],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let maps = cls_attention(&vit, x, 8);
+    assert_eq!((maps.heads, maps.grid_h, maps.grid_w), (2, 8, 8));
+    for h in 0..maps.heads {
+        let map = maps.head(h);
+        let mass: f32 = map.iter().sum();
+        assert!(mass > 0.0 && mass < 1.0, "head {h}: patch mass {mass}");
+        let keep = threshold_mask(map, 0.6);
+        let kept: f32 = map
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(v, _)| v)
+            .sum();
+        let smallest_kept = map
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(v, _)| *v)
+            .fold(f32::MAX, f32::min);
+        assert!(kept / mass >= 0.6 - 1e-6, "head {h}: kept {}", kept / mass);
+        assert!(
+            (kept - smallest_kept) / mass < 0.6,
+            "head {h}: the mask keeps more than it needs"
+        );
+        assert!(
+            map.iter()
+                .zip(&keep)
+                .all(|(v, k)| *k || *v <= smallest_kept),
+            "head {h}: a dropped patch outweighs a kept one"
+        );
+    }
+}
+
+/// configs/fmnist.toml cut down to a CI-sized run: a narrower, shallower ViT and 2 epochs
+/// of 2,000 photos (124 steps at batch 32).
+const SHORT: [&str; 8] = [
+    "model.embed_dim=48",
+    "model.depth=3",
+    "model.out_dim=256",
+    "model.head_hidden_dim=128",
+    "model.head_bottleneck_dim=32",
+    "data.batch_size=32",
+    "data.workers=2",
+    "optim.epochs=2",
+];
+
+/// Fashion-MNIST photos through the whole product: ingest of two splits, a short `train`,
+/// `knn` of the trained teacher and of both baselines on held-out photos, then `plot` of the
+/// run's curves. What it checks of k-NN is that the labels line up (raw pixels classify
+/// well above chance) and that the report is complete; that training beats the random
+/// initialization is not asserted, as short runs do not (see the README).
+#[test]
+fn fashion_mnist_through_train_knn_and_plot() {
+    let data = scratch("fmnist-shards");
+    for (set, count, split) in [
+        ("fmnist-train", "2000", "train"),
+        ("fmnist-test", "1000", "val"),
+    ] {
+        let src = samples(set, count.parse().unwrap());
+        dino_stream_ok(&[
+            "ingest",
+            "--src",
+            path_str(&src),
+            "--out",
+            path_str(&data),
+            "--split",
+            split,
+        ]);
+    }
+    let run = scratch("fmnist-run");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/fmnist.toml");
+    let mut args = vec![
+        "train",
+        "--config",
+        path_str(&config),
+        "--data",
+        path_str(&data),
+        "--out",
+        path_str(&run),
+    ];
+    args.extend(SHORT.iter().flat_map(|kv| ["--set", kv]));
+    dino_stream_ok(&args);
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        124 / 20 + 1,
+        "log lines at log_every 20 plus the last"
+    );
+
+    let knn = |baseline: Option<&str>| -> f64 {
+        let mut args = vec![
+            "knn",
+            "--checkpoint",
+            path_str(&run),
+            "--train",
+            path_str(&data),
+            "--val",
+            path_str(&data),
+            "--k",
+            "10,20",
+            "--json",
+        ];
+        if let Some(b) = baseline {
+            args.extend(["--baseline", b]);
+        }
+        let report: serde_json::Value = serde_json::from_str(&dino_stream_ok(&args)).unwrap();
+        assert_eq!(report["train_samples"], 2000);
+        assert_eq!(report["val_samples"], 1000);
+        assert_eq!(report["classes"], 10);
+        assert_eq!(report["results"].as_array().unwrap().len(), 2);
+        let top1 = report["results"][1]["top1"].as_f64().unwrap();
+        let top5 = report["results"][1]["top5"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&top1) && top5 >= top1, "{report}");
+        top1
+    };
+    let (trained, init, pixels) = (knn(None), knn(Some("init")), knn(Some("pixels")));
+    println!("k-NN top-1 (k 20): trained {trained:.1}, random init {init:.1}, pixels {pixels:.1}");
+    // measured 77.8: a label misalignment would fall to chance (10)
+    assert!(pixels > 70.0, "raw pixels classify at {pixels:.1}%");
+
+    let stdout = dino_stream_ok(&["plot", path_str(&run)]);
+    assert!(stdout.contains("8 curves"), "{stdout}");
+    let curves = [
+        "loss",
+        "lr",
+        "weight_decay",
+        "momentum",
+        "teacher_temp",
+        "images_per_sec",
+        "data_wait",
+        "teacher_entropy",
+    ];
+    for name in curves {
+        let img = image::open(run.join("plots").join(format!("{name}.png")))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(img.dimensions(), (800, 500), "{name}");
+        // a curve was drawn: the series colour is there
+        assert!(
+            img.pixels().any(|p| p.0 == [0, 0, 255]),
+            "{name}.png has no curve"
+        );
+    }
+    let overview = image::open(run.join("plots/overview.png")).unwrap();
+    assert_eq!((overview.width(), overview.height()), (1600, 500));
+    let err = dino_stream_err(&["plot", path_str(&data)]);
+    assert!(err.contains("metrics.jsonl"), "{err}");
+}

@@ -7,7 +7,7 @@
 # The main job: 1,000 real 500x375 photos in 93 classes become Parquet shards in
 # RUN_DIR/shards (`inspect --verify` re-checks them), then DINO trains a small ViT on them on
 # the CPU with configs/quickstart.toml, writing RUN_DIR/train (config.toml, metrics.jsonl,
-# checkpoints/). A rerun resumes the training where it stopped.
+# checkpoints/, plots/). A rerun resumes the training where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run_dir=${1:-runs/quickstart}
@@ -26,4 +26,5 @@ dino_stream inspect "$run_dir/shards" --verify
 resume=()
 [ -d "$run_dir/train/checkpoints" ] && resume=(--resume)
 dino_stream train --config configs/quickstart.toml --data "$run_dir/shards" --out "$run_dir/train" "${resume[@]}"
+dino_stream plot "$run_dir/train"
 echo "[quickstart] done: shards in $run_dir/shards, training run in $run_dir/train"

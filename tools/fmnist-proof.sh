@@ -36,7 +36,7 @@ for f in "$run_dir"/knn-*.json; do
 done
 
 for class in 9_Ankle_boot 8_Bag 0_T-shirt_top; do
-  image=$(ls "$cache/samples/fmnist-test/$class"/*.JPEG | head -1)
-  dino_stream attention --checkpoint "$run_dir/train" --image "$image" --out "$run_dir/attention/$class" --size 56 --threshold 0.6
+  images=("$cache/samples/fmnist-test/$class"/*.JPEG)
+  dino_stream attention --checkpoint "$run_dir/train" --image "${images[0]}" --out "$run_dir/attention/$class" --size 56 --threshold 0.6
 done
 echo "[fmnist-proof] done: $run_dir (train/, train/plots/, knn-*.json, attention/)"

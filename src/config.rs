@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use dino_pipeline::augment::ViewSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{HeadConfig, VitConfig};
@@ -12,6 +13,7 @@ use crate::model::{HeadConfig, VitConfig};
 pub struct Config {
     pub model: ModelConfig,
     pub data: DataConfig,
+    pub augment: AugmentConfig,
     pub optim: OptimConfig,
     pub loss: LossConfig,
     pub run: RunConfig,
@@ -50,6 +52,28 @@ pub struct DataConfig {
     pub workers: usize,
     pub shuffle_window: usize,
     pub dct_scaling: bool,
+}
+
+/// The multi-crop augmentation (`dino-recipe.md` §1.2). The defaults are the recipe's, tuned
+/// for 224 px crops: blur sigmas are in output pixels, so small crops want a smaller range.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    pub flip_p: f64,
+    /// probability of the colour jitter, and its strengths (torchvision's `ColorJitter`)
+    pub color_jitter_p: f64,
+    pub brightness: f64,
+    pub contrast: f64,
+    pub saturation: f64,
+    pub hue: f64,
+    pub grayscale_p: f64,
+    /// Gaussian blur sigma range, drawn uniformly, and the blur probability of each view
+    pub blur_sigma: (f64, f64),
+    pub global_1_blur_p: f64,
+    pub global_2_blur_p: f64,
+    pub local_blur_p: f64,
+    /// the recipe solarizes the second global view only
+    pub global_2_solarize_p: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,6 +148,97 @@ impl Default for DataConfig {
             shuffle_window: 4,
             dct_scaling: false,
         }
+    }
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        let global_1 = ViewSpec::global_1();
+        let global_2 = ViewSpec::global_2();
+        Self {
+            flip_p: global_1.flip_p,
+            color_jitter_p: global_1.jitter_p,
+            brightness: global_1.brightness,
+            contrast: global_1.contrast,
+            saturation: global_1.saturation,
+            hue: global_1.hue,
+            grayscale_p: global_1.grayscale_p,
+            blur_sigma: global_1.blur_sigma,
+            global_1_blur_p: global_1.blur_p,
+            global_2_blur_p: global_2.blur_p,
+            local_blur_p: ViewSpec::local().blur_p,
+            global_2_solarize_p: global_2.solarize_p,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// The config's view specs: [global 1, global 2] and the local one (sizes and scales
+    /// are the data section's, set by the caller).
+    pub fn views(&self) -> ([ViewSpec; 2], ViewSpec) {
+        let spec = |mut view: ViewSpec, blur_p: f64, solarize_p: f64| {
+            view.flip_p = self.flip_p;
+            view.jitter_p = self.color_jitter_p;
+            view.brightness = self.brightness;
+            view.contrast = self.contrast;
+            view.saturation = self.saturation;
+            view.hue = self.hue;
+            view.grayscale_p = self.grayscale_p;
+            view.blur_sigma = self.blur_sigma;
+            view.blur_p = blur_p;
+            view.solarize_p = solarize_p;
+            view
+        };
+        (
+            [
+                spec(ViewSpec::global_1(), self.global_1_blur_p, 0.0),
+                spec(
+                    ViewSpec::global_2(),
+                    self.global_2_blur_p,
+                    self.global_2_solarize_p,
+                ),
+            ],
+            spec(ViewSpec::local(), self.local_blur_p, 0.0),
+        )
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, why: String| Err(ConfigError::Invalid { key, why });
+        for (key, p) in [
+            ("augment.flip_p", self.flip_p),
+            ("augment.color_jitter_p", self.color_jitter_p),
+            ("augment.grayscale_p", self.grayscale_p),
+            ("augment.global_1_blur_p", self.global_1_blur_p),
+            ("augment.global_2_blur_p", self.global_2_blur_p),
+            ("augment.local_blur_p", self.local_blur_p),
+            ("augment.global_2_solarize_p", self.global_2_solarize_p),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return invalid(key, format!("{p} is a probability: use a value in [0, 1]"));
+            }
+        }
+        for (key, strength) in [
+            ("augment.brightness", self.brightness),
+            ("augment.contrast", self.contrast),
+            ("augment.saturation", self.saturation),
+        ] {
+            if !(0.0..).contains(&strength) {
+                return invalid(key, format!("{strength} must be non-negative"));
+            }
+        }
+        if !(0.0..=0.5).contains(&self.hue) {
+            return invalid("augment.hue", format!("{} must be in [0, 0.5]", self.hue));
+        }
+        let (lo, hi) = self.blur_sigma;
+        if !(0.0 < lo && lo <= hi) {
+            return invalid(
+                "augment.blur_sigma",
+                format!(
+                    "({lo}, {hi}) must satisfy 0 < lo <= hi; set the blur probabilities to 0 to turn blur off"
+                ),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -372,6 +487,7 @@ impl Config {
                 format!("{} must be in [0, 1]", l.center_momentum),
             );
         }
+        self.augment.validate()?;
         if self.run.log_every == 0 {
             return invalid("run.log_every", "must be at least 1".into());
         }
@@ -389,4 +505,67 @@ fn parse_value(text: &str) -> toml::Value {
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listed_recipe_config_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/vit_small_imagenet.toml");
+        assert_eq!(Config::load(Some(&path), &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn default_augmentation_is_the_recipes() {
+        let (global, local) = AugmentConfig::default().views();
+        assert_eq!(global, [ViewSpec::global_1(), ViewSpec::global_2()]);
+        assert_eq!(local, ViewSpec::local());
+    }
+
+    #[test]
+    fn augment_keys_reach_their_views() {
+        let cfg = Config::parse(
+            "[augment]\nblur_sigma = [0.1, 0.3]\nglobal_1_blur_p = 0.5\nglobal_2_blur_p = 0.25\n\
+             local_blur_p = 0.125\nglobal_2_solarize_p = 0.0625\nflip_p = 0.0\nhue = 0.0\n\
+             color_jitter_p = 0.3\nbrightness = 0.1\ncontrast = 0.2\nsaturation = 0.0\n\
+             grayscale_p = 0.0",
+            "test",
+            &[],
+        )
+        .unwrap();
+        let ([g1, g2], local) = cfg.augment.views();
+        assert_eq!((g1.blur_p, g2.blur_p, local.blur_p), (0.5, 0.25, 0.125));
+        assert_eq!(
+            (g1.solarize_p, g2.solarize_p, local.solarize_p),
+            (0.0, 0.0625, 0.0)
+        );
+        for view in [&g1, &g2, &local] {
+            assert_eq!(view.blur_sigma, (0.1, 0.3));
+            assert_eq!((view.flip_p, view.hue, view.grayscale_p), (0.0, 0.0, 0.0));
+            assert_eq!((view.jitter_p, view.brightness), (0.3, 0.1));
+            assert_eq!((view.contrast, view.saturation), (0.2, 0.0));
+        }
+        // sizes, scales and ratios are not the augment section's
+        assert_eq!((g1.size, g1.scale, g1.ratio), {
+            let r = ViewSpec::global_1();
+            (r.size, r.scale, r.ratio)
+        });
+        assert_eq!(local.scale, ViewSpec::local().scale);
+    }
+
+    #[test]
+    fn bad_augment_values_name_the_key() {
+        for (set, key) in [
+            ("augment.local_blur_p=1.5", "augment.local_blur_p"),
+            ("augment.blur_sigma=[0.0, 1.0]", "augment.blur_sigma"),
+            ("augment.blur_sigma=[2.0, 1.0]", "augment.blur_sigma"),
+            ("augment.hue=0.7", "augment.hue"),
+            ("augment.contrast=-0.1", "augment.contrast"),
+        ] {
+            let err = Config::parse("", "test", &[set.to_string()]).unwrap_err();
+            assert!(err.to_string().contains(key), "{set}: {err}");
+        }
+    }
 }

@@ -334,30 +334,23 @@ fn attention_maps_and_masks() {
     }
 }
 
-/// configs/fmnist.toml cut down to a CI-sized run: a narrower, shallower ViT and 2 epochs
-/// of 2,000 photos (124 steps at batch 32).
-const SHORT: [&str; 8] = [
-    "model.embed_dim=48",
-    "model.depth=3",
-    "model.out_dim=256",
-    "model.head_hidden_dim=128",
-    "model.head_bottleneck_dim=32",
-    "data.batch_size=32",
-    "data.workers=2",
-    "optim.epochs=2",
-];
+/// The first 3 of configs/fmnist.toml's 5 epochs: long enough for the k-NN gain to show
+/// (the recipe's first epoch, warmup and a frozen last layer, leaves k-NN below the
+/// initialization; see the README).
+const STEPS: u64 = 936;
 
-/// Fashion-MNIST photos through the whole product: ingest of two splits, a short `train`,
-/// `knn` of the trained teacher and of both baselines on held-out photos, then `plot` of the
-/// run's curves. What it checks of k-NN is that the labels line up (raw pixels classify
-/// well above chance) and that the report is complete; that training beats the random
-/// initialization is not asserted, as short runs do not (see the README).
+/// Fashion-MNIST photos through the whole product: ingest of two splits, `train` of
+/// configs/fmnist.toml on 20,000 photos for 936 steps, `knn` of the trained teacher and of
+/// both baselines on 2,000 held-out photos, then `plot` of the run's curves. It asserts that
+/// DINO learns: the loss falls, and the trained teacher beats its own random initialization.
+/// Measured on 2 cores: loss 6.02 -> 3.73 at its lowest; k-NN (k 20) 63.1 trained,
+/// 56.8 at init, 82.0 raw pixels; about 15 minutes.
 #[test]
-fn fashion_mnist_through_train_knn_and_plot() {
+fn fashion_mnist_training_beats_random_init() {
     let data = scratch("fmnist-shards");
     for (set, count, split) in [
-        ("fmnist-train", "2000", "train"),
-        ("fmnist-test", "1000", "val"),
+        ("fmnist-train", "20000", "train"),
+        ("fmnist-test", "2000", "val"),
     ] {
         let src = samples(set, count.parse().unwrap());
         dino_stream_ok(&[
@@ -372,7 +365,8 @@ fn fashion_mnist_through_train_knn_and_plot() {
     }
     let run = scratch("fmnist-run");
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/fmnist.toml");
-    let mut args = vec![
+    let max_steps = format!("run.max_steps={STEPS}");
+    dino_stream_ok(&[
         "train",
         "--config",
         path_str(&config),
@@ -380,14 +374,27 @@ fn fashion_mnist_through_train_knn_and_plot() {
         path_str(&data),
         "--out",
         path_str(&run),
-    ];
-    args.extend(SHORT.iter().flat_map(|kv| ["--set", kv]));
-    dino_stream_ok(&args);
-    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        "--set",
+        &max_steps,
+    ]);
+    let losses: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["loss"].as_f64().unwrap()
+        })
+        .collect();
     assert_eq!(
-        lines.lines().count(),
-        124 / 20 + 1,
+        losses.len() as u64,
+        STEPS / 20 + 1,
         "log lines at log_every 20 plus the last"
+    );
+    // the first line averages steps 1-20, near ln K; measured lowest 3.73 (from 6.02)
+    let lowest = losses.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(
+        lowest < losses[0] - 1.0,
+        "the loss does not fall: {losses:?}"
     );
 
     let knn = |baseline: Option<&str>| -> f64 {
@@ -407,8 +414,8 @@ fn fashion_mnist_through_train_knn_and_plot() {
             args.extend(["--baseline", b]);
         }
         let report: serde_json::Value = serde_json::from_str(&dino_stream_ok(&args)).unwrap();
-        assert_eq!(report["train_samples"], 2000);
-        assert_eq!(report["val_samples"], 1000);
+        assert_eq!(report["train_samples"], 20000);
+        assert_eq!(report["val_samples"], 2000);
         assert_eq!(report["classes"], 10);
         assert_eq!(report["results"].as_array().unwrap().len(), 2);
         let top1 = report["results"][1]["top1"].as_f64().unwrap();
@@ -418,8 +425,14 @@ fn fashion_mnist_through_train_knn_and_plot() {
     };
     let (trained, init, pixels) = (knn(None), knn(Some("init")), knn(Some("pixels")));
     println!("k-NN top-1 (k 20): trained {trained:.1}, random init {init:.1}, pixels {pixels:.1}");
-    // measured 77.8: a label misalignment would fall to chance (10)
+    // measured 82.0: a label misalignment would fall to chance (10)
     assert!(pixels > 70.0, "raw pixels classify at {pixels:.1}%");
+    // measured +6.3; the threshold leaves room for another CPU's rounding
+    assert!(
+        trained > init + 3.0,
+        "the trained teacher ({trained:.1}) does not beat its random initialization ({init:.1}) \
+         by 3 points"
+    );
 
     let stdout = dino_stream_ok(&["plot", path_str(&run)]);
     assert!(stdout.contains("8 curves"), "{stdout}");

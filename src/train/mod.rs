@@ -328,6 +328,7 @@ fn loader_config(cfg: &Config, data: &Path, start: dino_pipeline::batch::Positio
         lc.workers = d.workers;
     }
     lc.seed = cfg.run.seed;
+    (lc.global, lc.local) = cfg.augment.views();
     for view in &mut lc.global {
         view.size = d.global_crop_size;
         view.scale = d.global_crops_scale;
@@ -340,4 +341,35 @@ fn loader_config(cfg: &Config, data: &Path, start: dino_pipeline::batch::Positio
     lc.start = start;
     lc.end_epoch = Some(cfg.optim.epochs);
     lc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loader_gets_the_augment_sections_views_at_the_data_sections_sizes() {
+        let cfg = Config::parse(
+            "[data]\nglobal_crop_size = 32\nglobal_crops_scale = [0.5, 1.0]\n\
+             local_crop_size = 16\nlocal_crops_scale = [0.2, 0.5]\nlocal_crops_number = 3\n\
+             [augment]\nglobal_1_blur_p = 0.0\nblur_sigma = [0.1, 0.25]\n\
+             global_2_solarize_p = 0.5",
+            "test",
+            &[],
+        )
+        .unwrap();
+        let lc = loader_config(&cfg, Path::new("shards"), Default::default());
+        let [g1, g2] = &lc.global;
+        assert_eq!(
+            (g1.size, g1.scale, g2.size, g2.scale),
+            (32, (0.5, 1.0), 32, (0.5, 1.0))
+        );
+        assert_eq!(
+            (lc.local.size, lc.local.scale, lc.local_crops),
+            (16, (0.2, 0.5), 3)
+        );
+        assert_eq!((g1.blur_p, g2.blur_p, lc.local.blur_p), (0.0, 0.1, 0.5));
+        assert_eq!((g1.solarize_p, g2.solarize_p), (0.0, 0.5));
+        assert_eq!(lc.local.blur_sigma, (0.1, 0.25));
+    }
 }

@@ -344,7 +344,7 @@ const STEPS: u64 = 936;
 /// both baselines on 2,000 held-out photos, then `plot` of the run's curves. It asserts that
 /// DINO learns: the loss falls, and the trained teacher beats its own random initialization.
 /// Measured on 2 cores: loss 5.98 -> 3.87 at its lowest; k-NN (k 20) 65.6 trained,
-/// 56.8 at init, 82.0 raw pixels; about 15 minutes.
+/// 56.8 at init, 82.0 raw pixels; 33 minutes on cores shared with a training run.
 #[test]
 fn fashion_mnist_training_beats_random_init() {
     let data = scratch("fmnist-shards");

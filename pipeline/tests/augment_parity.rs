@@ -129,9 +129,14 @@ fn run_steps(steps: &[Value], mut px: Vec<u8>, mut w: u32, mut h: u32) -> (Vec<u
 
 #[test]
 fn every_op_matches_torchvision_and_pil() {
-    let index: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("index.json")).unwrap())
-            .unwrap();
+    let path = fixtures().join("index.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; the committed fixtures are missing (tools/gen-augment-fixtures.py writes them)",
+            path.display()
+        )
+    });
+    let index: Value = serde_json::from_str(&text).unwrap();
     let cases = index["cases"].as_array().unwrap();
     assert!(cases.len() >= 60, "{} cases", cases.len());
     let mut failures = Vec::new();

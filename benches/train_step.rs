@@ -18,7 +18,7 @@ use dino_stream::device::{self, BackendJob, DeviceChoice};
 use dino_stream::loss::DinoLoss;
 use dino_stream::model::Dino;
 use dino_stream::optim::{AdamW, Step};
-use dino_stream::train::{self, Event, RunOptions, drop_path_factors, ema};
+use dino_stream::train::{self, Event, Resume, RunOptions, drop_path_factors, ema};
 
 const PHASES: [&str; 5] = ["forward", "backward", "optimizer", "ema", "step"];
 
@@ -138,7 +138,7 @@ fn data_wait<A: AutodiffBackend>(
     let opts = RunOptions {
         data: data.to_path_buf(),
         out: out.path().join("run"),
-        resume: false,
+        resume: Resume::No,
     };
     let mut fractions = Vec::new();
     let mut rates = Vec::new();

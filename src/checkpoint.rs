@@ -71,11 +71,9 @@ pub struct Checkpoint {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    // `err`, not `source`: the message holds the cause, and a source would print it twice
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: not a readable safetensors file: {why}")]
     Tensors { path: PathBuf, why: String },
     #[error("{path}: {why}")]
@@ -83,9 +81,9 @@ pub enum CheckpointError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
+    move |err| CheckpointError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     }
 }
 
@@ -93,7 +91,8 @@ pub fn dir_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
-/// Writes a safetensors file of f32 tensors and fsyncs it.
+/// Writes a safetensors file of f32 tensors atomically (temporary name, fsync, rename): a
+/// reader sees the old file or the new one, and a full disk leaves no partial file.
 pub fn write_tensors(path: &Path, tensors: &HostTensors) -> Result<(), CheckpointError> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
@@ -113,9 +112,7 @@ pub fn write_tensors(path: &Path, tensors: &HostTensors) -> Result<(), Checkpoin
         path: path.to_path_buf(),
         why: e.to_string(),
     })?;
-    let mut file = fs::File::create(path).map_err(io(path))?;
-    file.write_all(&data).map_err(io(path))?;
-    file.sync_all().map_err(io(path))
+    dino_pipeline::manifest::write_atomic(path, &data).map_err(io(path))
 }
 
 /// Reads every tensor of a safetensors file as f32 (F32 only).
@@ -218,7 +215,8 @@ impl Which {
     }
 }
 
-fn load_state(path: &Path) -> Result<State, CheckpointError> {
+/// The `state.json` of the checkpoint folder `path`.
+pub fn load_state(path: &Path) -> Result<State, CheckpointError> {
     let state_path = path.join("state.json");
     let text = fs::read(&state_path).map_err(io(&state_path))?;
     let state: State = serde_json::from_slice(&text).map_err(|e| CheckpointError::State {
@@ -258,7 +256,8 @@ fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
         .map_err(io(dir))
 }
 
-/// Complete checkpoints in `dir`, oldest first.
+/// Complete checkpoints in `dir` (`step-N` folders holding a state.json; anything else, a
+/// stray folder or a temporary one, is not a checkpoint), oldest first.
 pub fn list(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
     if !dir.exists() {
         return Ok(Vec::new());
@@ -268,8 +267,9 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let name = entry.file_name().into_string().ok()?;
-            let step = name.strip_prefix("step-")?.parse().ok()?;
-            Some((step, entry.path()))
+            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+            let path = entry.path();
+            path.join("state.json").is_file().then_some((step, path))
         })
         .collect();
     found.sort();

@@ -22,14 +22,17 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// vit_tiny | vit_small | vit_base | custom (then embed_dim, depth, num_heads are used)
+    /// vit_tiny | vit_small | vit_base | custom (then embed_dim, depth and num_heads are
+    /// required)
     pub arch: String,
     pub patch_size: usize,
     /// the side the positional grid is learned for (the global crop size in the recipe)
     pub img_size: usize,
-    pub embed_dim: usize,
-    pub depth: usize,
-    pub num_heads: usize,
+    /// The ViT's shape: a named arch fixes them (an explicit value must agree with it);
+    /// after parsing they always hold the effective values.
+    pub embed_dim: Option<usize>,
+    pub depth: Option<usize>,
+    pub num_heads: Option<usize>,
     pub drop_path_rate: f64,
     pub out_dim: usize,
     pub head_hidden_dim: usize,
@@ -122,9 +125,10 @@ impl Default for ModelConfig {
             arch: "vit_small".into(),
             patch_size: 16,
             img_size: 224,
-            embed_dim: 384,
-            depth: 12,
-            num_heads: 6,
+            // taken from the arch when the config is parsed
+            embed_dim: None,
+            depth: None,
+            num_heads: None,
             drop_path_rate: 0.1,
             out_dim: 65536,
             head_hidden_dim: 2048,
@@ -222,15 +226,13 @@ impl AugmentConfig {
             ("augment.contrast", self.contrast),
             ("augment.saturation", self.saturation),
         ] {
-            if !(0.0..).contains(&strength) {
-                return invalid(key, format!("{strength} must be non-negative"));
-            }
+            non_negative(key, strength)?;
         }
         if !(0.0..=0.5).contains(&self.hue) {
             return invalid("augment.hue", format!("{} must be in [0, 0.5]", self.hue));
         }
         let (lo, hi) = self.blur_sigma;
-        if !(0.0 < lo && lo <= hi) {
+        if !(0.0 < lo && lo <= hi && hi.is_finite()) {
             return invalid(
                 "augment.blur_sigma",
                 format!(
@@ -284,11 +286,8 @@ impl Default for RunConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read config {path}: {err}")]
+    Read { path: String, err: std::io::Error },
     #[error("{0}")]
     Parse(String),
     #[error("invalid value for `{key}`: {why}")]
@@ -302,9 +301,9 @@ impl Config {
     /// TOML syntax, a bare word taken as a string) applied, then validated.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
         let text = match path {
-            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            Some(path) => std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
                 path: path.display().to_string(),
-                source,
+                err,
             })?,
             None => String::new(),
         };
@@ -312,52 +311,119 @@ impl Config {
         Self::parse(&text, &origin, overrides)
     }
 
-    /// `text` (TOML, named `origin` in errors) with `overrides` applied, then validated.
+    /// `text` (TOML, named `origin` in errors) with `overrides` applied, then validated. An
+    /// error in an override names the override, not the file.
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse(format!("{origin}: {e}")))?;
+        Self::from_table(table.clone()).map_err(|e| in_origin(e, origin))?;
         for item in overrides {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| ConfigError::Override(item.clone()))?;
-            let value = parse_value(value.trim());
-            let mut parts: Vec<&str> = key.trim().split('.').collect();
-            let last = parts
-                .pop()
-                .filter(|k| !k.is_empty())
-                .ok_or_else(|| ConfigError::Override(item.clone()))?;
-            let mut node = &mut table;
-            for part in parts {
-                node = node
-                    .entry(part)
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    .as_table_mut()
-                    .ok_or_else(|| ConfigError::Override(item.clone()))?;
-            }
-            node.insert(last.to_string(), value);
+            apply_override(&mut table, item)?;
+            Self::from_table(table.clone()).map_err(|e| in_origin(e, &format!("--set {item}")))?;
         }
-        let config: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(format!("{origin}: {e}")))?;
+        let mut config = Self::from_table(table).map_err(|e| in_origin(e, origin))?;
+        config.resolve()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The config a checkpoint or run folder saved. Older versions wrote embed_dim, depth and
+    /// num_heads for named archs too, where they were ignored: for a named arch they are
+    /// dropped before parsing, as those versions read them.
+    pub fn parse_saved(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(format!("{origin}: {e}")))?;
+        if let Some(model) = table.get_mut("model").and_then(|m| m.as_table_mut()) {
+            let named = model
+                .get("arch")
+                .and_then(|a| a.as_str())
+                .is_some_and(|arch| VitConfig::named(arch, 1, 1).is_some());
+            if named {
+                for key in ["embed_dim", "depth", "num_heads"] {
+                    model.remove(key);
+                }
+            }
+        }
+        Self::parse(
+            &toml::to_string(&table).expect("a table serializes"),
+            origin,
+            &[],
+        )
+    }
+
+    fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
     }
 
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a config always serializes")
     }
 
+    /// Fills the ViT's shape from a named arch, checking explicit values against it; a
+    /// custom arch needs all three.
+    fn resolve(&mut self) -> Result<(), ConfigError> {
+        let m = &mut self.model;
+        let known = crate::model::ARCHS.iter().any(|(name, ..)| *name == m.arch);
+        if !known && m.arch != "custom" {
+            return Err(ConfigError::Invalid {
+                key: "model.arch",
+                why: format!("`{}`: use vit_tiny, vit_small, vit_base or custom", m.arch),
+            });
+        }
+        let named = VitConfig::named(&m.arch, m.patch_size, m.img_size);
+        let arch = m.arch.clone();
+        for (key, value, fixed) in [
+            (
+                "model.embed_dim",
+                &mut m.embed_dim,
+                named.as_ref().map(|v| v.embed_dim),
+            ),
+            ("model.depth", &mut m.depth, named.as_ref().map(|v| v.depth)),
+            (
+                "model.num_heads",
+                &mut m.num_heads,
+                named.as_ref().map(|v| v.num_heads),
+            ),
+        ] {
+            match (fixed, *value) {
+                (Some(fixed), Some(given)) if given != fixed => {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        why: format!(
+                            "{given} contradicts arch `{arch}`, whose value is {fixed}; drop the \
+                             key, or set model.arch = \"custom\""
+                        ),
+                    });
+                }
+                (Some(fixed), _) => *value = Some(fixed),
+                (None, None) => {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        why: "required with arch = \"custom\"".into(),
+                    });
+                }
+                (None, Some(_)) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The ViT's shape (the config has been resolved: every shape key holds a value).
     pub fn vit(&self) -> VitConfig {
         let m = &self.model;
-        VitConfig::named(&m.arch, m.patch_size, m.img_size).unwrap_or(VitConfig {
-            embed_dim: m.embed_dim,
-            depth: m.depth,
-            num_heads: m.num_heads,
+        let get = |v: Option<usize>| v.expect("a parsed config holds the ViT's shape");
+        VitConfig {
+            embed_dim: get(m.embed_dim),
+            depth: get(m.depth),
+            num_heads: get(m.num_heads),
             mlp_ratio: 4,
             patch_size: m.patch_size,
             img_size: m.img_size,
-        })
+        }
     }
 
     pub fn head(&self) -> HeadConfig {
@@ -370,53 +436,47 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, why: String| Err(ConfigError::Invalid { key, why });
         let m = &self.model;
-        let known = crate::model::ARCHS.iter().any(|(name, ..)| *name == m.arch);
-        if !known && m.arch != "custom" {
-            return invalid(
-                "model.arch",
-                format!("`{}`: use vit_tiny, vit_small, vit_base or custom", m.arch),
-            );
-        }
         let vit = self.vit();
-        if vit.embed_dim == 0
-            || vit.depth == 0
-            || vit.num_heads == 0
-            || !vit.embed_dim.is_multiple_of(vit.num_heads)
-        {
-            return invalid(
-                "model.embed_dim",
-                format!(
-                    "{} must be a positive multiple of model.num_heads ({})",
-                    vit.embed_dim, vit.num_heads
-                ),
-            );
-        }
-        if m.patch_size == 0 || !m.img_size.is_multiple_of(m.patch_size) {
-            return invalid(
-                "model.img_size",
-                format!(
-                    "{} must be a multiple of model.patch_size ({})",
-                    m.img_size, m.patch_size
-                ),
-            );
-        }
+        within("model.patch_size", m.patch_size, 1, MAX_SIDE)?;
+        within("model.img_size", m.img_size, m.patch_size, MAX_SIDE)?;
+        multiple(
+            "model.img_size",
+            m.img_size,
+            "model.patch_size",
+            m.patch_size,
+        )?;
+        within("model.embed_dim", vit.embed_dim, 1, 1 << 16)?;
+        within("model.depth", vit.depth, 1, 1024)?;
+        within("model.num_heads", vit.num_heads, 1, vit.embed_dim)?;
+        multiple(
+            "model.embed_dim",
+            vit.embed_dim,
+            "model.num_heads",
+            vit.num_heads,
+        )?;
+        within("model.out_dim", m.out_dim, 2, 1 << 22)?;
+        within("model.head_hidden_dim", m.head_hidden_dim, 1, 1 << 16)?;
+        within(
+            "model.head_bottleneck_dim",
+            m.head_bottleneck_dim,
+            1,
+            1 << 16,
+        )?;
+        probability_below_one("model.drop_path_rate", m.drop_path_rate)?;
+
         let d = &self.data;
+        within("data.batch_size", d.batch_size, 1, 1 << 16)?;
         for (key, size) in [
-            ("data.global_crop_size", d.global_crop_size),
-            ("data.local_crop_size", d.local_crop_size),
+            ("data.global_crop_size", d.global_crop_size as usize),
+            ("data.local_crop_size", d.local_crop_size as usize),
         ] {
-            if size == 0 || !(size as usize).is_multiple_of(m.patch_size) {
-                return invalid(
-                    key,
-                    format!(
-                        "{size} must be a positive multiple of model.patch_size ({})",
-                        m.patch_size
-                    ),
-                );
-            }
+            within(key, size, m.patch_size, MAX_SIDE)?;
+            multiple(key, size, "model.patch_size", m.patch_size)?;
         }
+        within("data.local_crops_number", d.local_crops_number, 0, 64)?;
+        within("data.workers", d.workers, 0, MAX_WORKERS)?;
+        within("data.shuffle_window", d.shuffle_window, 1, 1 << 20)?;
         for (key, (lo, hi)) in [
             ("data.global_crops_scale", d.global_crops_scale),
             ("data.local_crops_scale", d.local_crops_scale),
@@ -425,77 +485,156 @@ impl Config {
                 return invalid(key, format!("({lo}, {hi}) must satisfy 0 < lo <= hi <= 1"));
             }
         }
-        if d.batch_size == 0 {
-            return invalid("data.batch_size", "must be at least 1".into());
-        }
-        if m.out_dim < 2 || m.head_hidden_dim == 0 || m.head_bottleneck_dim == 0 {
+        let views = |size: u32| (size as u128).pow(2) * 3;
+        let batch_bytes = d.batch_size as u128
+            * (2 * views(d.global_crop_size)
+                + d.local_crops_number as u128 * views(d.local_crop_size));
+        if batch_bytes > MAX_BATCH_BYTES {
             return invalid(
-                "model.out_dim",
-                "head sizes must be positive and out_dim at least 2".into(),
-            );
-        }
-        if !(0.0..1.0).contains(&m.drop_path_rate) {
-            return invalid(
-                "model.drop_path_rate",
-                format!("{} must be in [0, 1)", m.drop_path_rate),
-            );
-        }
-        let o = &self.optim;
-        if o.epochs == 0 {
-            return invalid("optim.epochs", "must be at least 1".into());
-        }
-        if o.warmup_epochs > o.epochs {
-            return invalid(
-                "optim.warmup_epochs",
-                format!("{} exceeds optim.epochs ({})", o.warmup_epochs, o.epochs),
-            );
-        }
-        if !(o.lr > 0.0 && o.min_lr >= 0.0) {
-            return invalid(
-                "optim.lr",
-                "lr must be positive and min_lr non-negative".into(),
-            );
-        }
-        if !(0.0..=1.0).contains(&o.momentum_teacher) {
-            return invalid(
-                "optim.momentum_teacher",
-                format!("{} must be in [0, 1]", o.momentum_teacher),
-            );
-        }
-        if o.clip_grad < 0.0 || o.weight_decay < 0.0 || o.weight_decay_end < 0.0 {
-            return invalid(
-                "optim.clip_grad",
-                "clip_grad and weight decays must be non-negative".into(),
-            );
-        }
-        let l = &self.loss;
-        if !(l.student_temp > 0.0 && l.teacher_temp > 0.0 && l.warmup_teacher_temp > 0.0) {
-            return invalid("loss.teacher_temp", "temperatures must be positive".into());
-        }
-        if l.warmup_teacher_temp_epochs > o.epochs {
-            return invalid(
-                "loss.warmup_teacher_temp_epochs",
+                "data.batch_size",
                 format!(
-                    "{} exceeds optim.epochs ({})",
-                    l.warmup_teacher_temp_epochs, o.epochs
+                    "a batch of these crops takes {:.1} GiB of host memory (limit {} GiB); \
+                     lower data.batch_size or the crop sizes",
+                    batch_bytes as f64 / (1u64 << 30) as f64,
+                    MAX_BATCH_BYTES >> 30
                 ),
             );
         }
-        if !(0.0..=1.0).contains(&l.center_momentum) {
-            return invalid(
-                "loss.center_momentum",
-                format!("{} must be in [0, 1]", l.center_momentum),
-            );
-        }
+
+        let o = &self.optim;
+        within("optim.epochs", o.epochs as usize, 1, MAX_EPOCHS)?;
+        within(
+            "optim.warmup_epochs",
+            o.warmup_epochs as usize,
+            0,
+            o.epochs as usize,
+        )?;
+        within(
+            "optim.freeze_last_layer",
+            o.freeze_last_layer as usize,
+            0,
+            o.epochs as usize,
+        )?;
+        positive("optim.lr", o.lr)?;
+        non_negative("optim.min_lr", o.min_lr)?;
+        non_negative("optim.weight_decay", o.weight_decay)?;
+        non_negative("optim.weight_decay_end", o.weight_decay_end)?;
+        non_negative("optim.clip_grad", o.clip_grad)?;
+        probability("optim.momentum_teacher", o.momentum_teacher)?;
+
+        let l = &self.loss;
+        positive("loss.student_temp", l.student_temp)?;
+        positive("loss.teacher_temp", l.teacher_temp)?;
+        positive("loss.warmup_teacher_temp", l.warmup_teacher_temp)?;
+        within(
+            "loss.warmup_teacher_temp_epochs",
+            l.warmup_teacher_temp_epochs as usize,
+            0,
+            o.epochs as usize,
+        )?;
+        probability("loss.center_momentum", l.center_momentum)?;
+
         self.augment.validate()?;
         if self.run.log_every == 0 {
             return invalid("run.log_every", "must be at least 1".into());
         }
-        if self.run.keep_checkpoints == 0 {
-            return invalid("run.keep_checkpoints", "must be at least 1".into());
-        }
+        within(
+            "run.keep_checkpoints",
+            self.run.keep_checkpoints,
+            1,
+            1 << 16,
+        )?;
         Ok(())
     }
+}
+
+/// Bounds that keep sizes, counts and allocations sane: beyond them a value is a typo, and
+/// would overflow or exhaust memory instead of failing clearly.
+const MAX_SIDE: usize = 4096;
+const MAX_WORKERS: usize = 1024;
+const MAX_EPOCHS: usize = 1_000_000;
+const MAX_BATCH_BYTES: u128 = 32 << 30;
+
+fn invalid<T>(key: &'static str, why: String) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid { key, why })
+}
+
+fn within(key: &'static str, value: usize, lo: usize, hi: usize) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        invalid(key, format!("{value} must be in {lo}..={hi}"))
+    }
+}
+
+fn multiple(key: &'static str, value: usize, of_key: &str, of: usize) -> Result<(), ConfigError> {
+    if of > 0 && value.is_multiple_of(of) {
+        Ok(())
+    } else {
+        invalid(
+            key,
+            format!("{value} must be a multiple of {of_key} ({of})"),
+        )
+    }
+}
+
+fn positive(key: &'static str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        invalid(key, format!("{value} must be a positive finite number"))
+    }
+}
+
+fn non_negative(key: &'static str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        invalid(key, format!("{value} must be a non-negative finite number"))
+    }
+}
+
+fn probability(key: &'static str, value: f64) -> Result<(), ConfigError> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        invalid(key, format!("{value} must be in [0, 1]"))
+    }
+}
+
+fn probability_below_one(key: &'static str, value: f64) -> Result<(), ConfigError> {
+    if (0.0..1.0).contains(&value) {
+        Ok(())
+    } else {
+        invalid(key, format!("{value} must be in [0, 1)"))
+    }
+}
+
+/// A parse error of the merged table, attributed to the file or the override that caused it.
+fn in_origin(e: ConfigError, origin: &str) -> ConfigError {
+    match e {
+        ConfigError::Parse(why) => ConfigError::Parse(format!("{origin}: {why}")),
+        other => other,
+    }
+}
+
+/// Sets `section.key = value` in `table` (the value in TOML syntax, a bare word a string).
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::Override(item.to_string());
+    let (key, value) = item.split_once('=').ok_or_else(bad)?;
+    let value = parse_value(value.trim());
+    let mut parts: Vec<&str> = key.trim().split('.').collect();
+    let last = parts.pop().filter(|k| !k.is_empty()).ok_or_else(bad)?;
+    let mut node = table;
+    for part in parts {
+        node = node
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(bad)?;
+    }
+    node.insert(last.to_string(), value);
+    Ok(())
 }
 
 fn parse_value(text: &str) -> toml::Value {
@@ -514,7 +653,10 @@ mod tests {
     #[test]
     fn the_listed_recipe_config_is_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/vit_small_imagenet.toml");
-        assert_eq!(Config::load(Some(&path), &[]).unwrap(), Config::default());
+        assert_eq!(
+            Config::load(Some(&path), &[]).unwrap(),
+            Config::load(None, &[]).unwrap()
+        );
     }
 
     #[test]

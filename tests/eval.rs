@@ -2,13 +2,11 @@
 //! (fixtures made by `torch.save` in tools/gen-import-fixtures.py) with strict loading,
 //! `export` back to timm, `attention` maps, and `plot` of a run's curves.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
+use crate::common::{dino_stream_err, dino_stream_ok, metrics_lines, path_str, samples};
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use common::{dino_stream_err, dino_stream_ok, path_str, samples};
 use dino_stream::checkpoint::{self, HostTensors, Which};
 use dino_stream::config::Config;
 use dino_stream::eval::Weights;
@@ -25,7 +23,7 @@ fn reference() -> HostTensors {
 }
 
 /// The fixtures' architecture (reference.json: ViT 24-dim, depth 2, 2 heads, patch 8, 32 px).
-const ARCH: [&str; 12] = [
+pub const ARCH: [&str; 12] = [
     "--arch",
     "custom",
     "--patch",
@@ -164,7 +162,7 @@ fn import_reads_every_official_format_exactly() {
         assert!(diff < tolerance, "{} CLS differs by {diff}", which.name());
 
         // the head (sizes read from the file; learned weight_g, so norm_last_layer off)
-        let config = Config::parse(&state.config, "import", &[]).unwrap();
+        let config = Config::parse_saved(&state.config, "import").unwrap();
         assert_eq!(
             (
                 config.model.out_dim,
@@ -261,7 +259,7 @@ fn import_is_strict_and_names_the_tensor() {
 fn attention_maps_and_masks() {
     let dir = scratch("attention-weights");
     import("full_checkpoint.pth", &dir);
-    let photo = common::jpeg_files(&samples("crops", 2))[0].clone();
+    let photo = crate::common::jpeg_files(&samples("crops", 2))[0].clone();
     let out = scratch("attention");
     let stdout = dino_stream_ok(&[
         "attention",
@@ -339,12 +337,23 @@ fn attention_maps_and_masks() {
 /// initialization; see the README).
 const STEPS: u64 = 936;
 
+/// configs/fmnist.toml made 3x cheaper to fit CI's budget: 7x7 patches (a 4x4 grid, 17 tokens
+/// instead of 50) and 14 px local crops (2x2 patches).
+const CI_MODEL: [&str; 4] = [
+    "--set",
+    "model.patch_size=7",
+    "--set",
+    "data.local_crop_size=14",
+];
+
 /// Fashion-MNIST photos through the whole product: ingest of two splits, `train` of
-/// configs/fmnist.toml on 20,000 photos for 936 steps, `knn` of the trained teacher and of
-/// both baselines on 2,000 held-out photos, then `plot` of the run's curves. It asserts that
-/// DINO learns: the loss falls, and the trained teacher beats its own random initialization.
-/// Measured on 2 cores: loss 5.98 -> 3.87 at its lowest; k-NN (k 20) 65.6 trained,
-/// 56.8 at init, 82.0 raw pixels; 33 minutes on cores shared with a training run.
+/// configs/fmnist.toml (with [`CI_MODEL`]) on 20,000 photos for 936 steps, `knn` of the
+/// trained teacher and of both baselines on 2,000 held-out photos, then `plot` of the run's
+/// curves. It asserts that DINO learns: the loss falls, and the trained teacher beats its own
+/// random initialization. Measured over seeds 0, 1 and 2 (this test runs seed 0) on a 2-core
+/// AVX2 machine: loss from 6.03-6.17 (first 20 steps) to 3.38-4.52 at its lowest; k-NN
+/// (k 20) trained 66.90 / 66.30 / 68.65 against 61.75 / 61.30 / 62.00 at init, a gain of
+/// +5.15 / +5.00 / +6.65; about 12 minutes of training (85 images/s).
 #[test]
 fn fashion_mnist_training_beats_random_init() {
     let data = scratch("fmnist-shards");
@@ -366,7 +375,7 @@ fn fashion_mnist_training_beats_random_init() {
     let run = scratch("fmnist-run");
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/fmnist.toml");
     let max_steps = format!("run.max_steps={STEPS}");
-    dino_stream_ok(&[
+    let mut train = vec![
         "train",
         "--config",
         path_str(&config),
@@ -376,21 +385,19 @@ fn fashion_mnist_training_beats_random_init() {
         path_str(&run),
         "--set",
         &max_steps,
-    ]);
-    let losses: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            v["loss"].as_f64().unwrap()
-        })
+    ];
+    train.extend(CI_MODEL);
+    dino_stream_ok(&train);
+    let losses: Vec<f64> = metrics_lines(&run)
+        .iter()
+        .map(|v| v["loss"].as_f64().unwrap())
         .collect();
     assert_eq!(
         losses.len() as u64,
         STEPS / 20 + 1,
         "log lines at log_every 20 plus the last"
     );
-    // the first line averages steps 1-20, near ln K; measured lowest 3.87 (from 5.98)
+    // the first line averages steps 1-20, near ln K; measured lowest 3.67 (from 6.03)
     let lowest = losses.iter().copied().fold(f64::INFINITY, f64::min);
     assert!(
         lowest < losses[0] - 1.0,
@@ -425,13 +432,14 @@ fn fashion_mnist_training_beats_random_init() {
     };
     let (trained, init, pixels) = (knn(None), knn(Some("init")), knn(Some("pixels")));
     println!("k-NN top-1 (k 20): trained {trained:.1}, random init {init:.1}, pixels {pixels:.1}");
-    // measured 82.0: a label misalignment would fall to chance (10)
+    // measured 82.0 (at seed 0): a label misalignment would fall to chance (10)
     assert!(pixels > 70.0, "raw pixels classify at {pixels:.1}%");
-    // measured +8.9; the threshold leaves room for another CPU's rounding
+    // measured +5.15 at seed 0, at least +5.00 over 3 seeds; the threshold leaves 3 points
+    // for another CPU's rounding
     assert!(
-        trained > init + 3.0,
+        trained > init + 2.0,
         "the trained teacher ({trained:.1}) does not beat its random initialization ({init:.1}) \
-         by 3 points"
+         by 2 points"
     );
 
     let stdout = dino_stream_ok(&["plot", path_str(&run)]);
@@ -461,4 +469,119 @@ fn fashion_mnist_training_beats_random_init() {
     assert_eq!((overview.width(), overview.height()), (1600, 500));
     let err = dino_stream_err(&["plot", path_str(&data)]);
     assert!(err.contains("metrics.jsonl"), "{err}");
+}
+
+/// One tensor of a hand-made `torch.save` archive: its name, view and storage values.
+struct View {
+    name: &'static str,
+    offset: i32,
+    shape: Vec<i32>,
+    stride: Vec<i32>,
+    storage: Vec<f32>,
+}
+
+/// `torch.save(OrderedDict(...))` of `views`, written out opcode by opcode as PyTorch's
+/// pickler does (protocol 2, `_rebuild_tensor_v2`, one stored entry per storage).
+fn torch_archive(views: &[View]) -> Vec<u8> {
+    use std::io::Write;
+    let mut p: Vec<u8> = vec![0x80, 2];
+    let text = |p: &mut Vec<u8>, s: &str| {
+        p.push(b'X');
+        p.extend((s.len() as u32).to_le_bytes());
+        p.extend(s.as_bytes());
+    };
+    let int = |p: &mut Vec<u8>, v: i32| {
+        p.push(b'J');
+        p.extend(v.to_le_bytes());
+    };
+    p.extend(b"ccollections\nOrderedDict\n)R(");
+    for (key, v) in views.iter().enumerate() {
+        text(&mut p, v.name);
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        text(&mut p, "storage");
+        p.extend(b"ctorch\nFloatStorage\n");
+        text(&mut p, &key.to_string());
+        text(&mut p, "cpu");
+        int(&mut p, v.storage.len() as i32);
+        p.extend(b"tQ");
+        int(&mut p, v.offset);
+        for dims in [&v.shape, &v.stride] {
+            p.push(b'(');
+            for &d in dims.iter() {
+                int(&mut p, d);
+            }
+            p.push(b't');
+        }
+        p.extend(b"\x89ccollections\nOrderedDict\n)RtR");
+    }
+    p.extend(b"u.");
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", stored).unwrap();
+    zip.write_all(&p).unwrap();
+    for (key, v) in views.iter().enumerate() {
+        zip.start_file(format!("archive/data/{key}"), stored)
+            .unwrap();
+        for x in &v.storage {
+            zip.write_all(&x.to_le_bytes()).unwrap();
+        }
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+#[test]
+fn import_reads_tensors_through_their_views() {
+    let dir = scratch("views");
+    std::fs::create_dir_all(&dir).unwrap();
+    let storage: Vec<f32> = (0..12).map(|v| v as f32).collect();
+    let view = |name, offset, shape: &[i32], stride: &[i32]| View {
+        name,
+        offset,
+        shape: shape.to_vec(),
+        stride: stride.to_vec(),
+        storage: storage.clone(),
+    };
+    // a transposed 3x4 matrix (strides 1, 4) and a row at an offset read as PyTorch reads them
+    let file = dir.join("views.pth");
+    std::fs::write(
+        &file,
+        torch_archive(&[view("t", 0, &[4, 3], &[1, 4]), view("row", 8, &[4], &[1])]),
+    )
+    .unwrap();
+    let imported = dino_stream::interop::read(&file).unwrap();
+    assert_eq!(
+        imported.teacher["backbone.t"],
+        (
+            vec![4, 3],
+            vec![0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.]
+        )
+    );
+    assert_eq!(imported.teacher["backbone.row"].1, [8., 9., 10., 11.]);
+    // views past their storage are errors naming the tensor, never zeros or a crash
+    for (name, bad) in [
+        ("offset past the data", view("cls_token", 13, &[1], &[1])),
+        (
+            "larger than its data",
+            view("pos_embed", 0, &[1 << 30, 1 << 30], &[1 << 30, 1]),
+        ),
+    ] {
+        let file = dir.join("bad.pth");
+        std::fs::write(&file, torch_archive(&[bad])).unwrap();
+        let out = dir.join("out");
+        let mut args = vec![
+            "import",
+            "--weights",
+            path_str(&file),
+            "--out",
+            path_str(&out),
+        ];
+        args.extend(ARCH);
+        let err = dino_stream_err(&args);
+        assert!(
+            err.contains("reaches past its storage of 12 elements"),
+            "{name}: {err}"
+        );
+        assert!(!out.exists());
+    }
 }

@@ -1,8 +1,6 @@
 //! `dino-stream ingest` and `inspect` end to end, on real photos and on a corpus of broken
 //! and unusual files built here.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -10,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::corrupt;
+use crate::common::*;
 use dino_pipeline::jpeg::{JpegColor, JpegDecoder, Pixels};
 use dino_pipeline::manifest::Manifest;
 use parquet::basic::{Compression, Encoding};
@@ -279,10 +278,50 @@ fn ingest_args<'a>(src: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a s
     args
 }
 
+/// What ingest makes of each kind of the hostile corpus: rejected or converted, with a word
+/// of the reason.
+fn ingest_outcome(expect: corrupt::Expect, bytes: &[u8]) -> (&'static str, &'static str) {
+    match expect {
+        _ if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) => ("rejected", "not an image"),
+        corrupt::Expect::Error(_) => ("rejected", "corrupt JPEG"),
+        corrupt::Expect::Warning("Premature end of JPEG file") => ("rejected", "truncated JPEG"),
+        corrupt::Expect::Warning(_) => ("converted", "re-encoded after decoder warning"),
+        corrupt::Expect::TooLarge => ("rejected", "absurd dimensions"),
+    }
+}
+
+/// 120 real photos with the hostile corpus (made from one of them) spread among them, as
+/// `src/CLASS/...`; returns the corrupt files' keys with their expected outcome.
+fn photos_with_corrupt_ones(
+    at: &Path,
+) -> (PathBuf, BTreeMap<String, (&'static str, &'static str)>) {
+    let photos = samples("crops", 120);
+    let src = at.join("src");
+    let mut expected = BTreeMap::new();
+    for (i, photo) in jpeg_files(&photos).iter().enumerate() {
+        let class = photo.parent().unwrap().file_name().unwrap();
+        fs::create_dir_all(src.join(class)).unwrap();
+        fs::copy(photo, src.join(class).join(photo.file_name().unwrap())).unwrap();
+        if i == 0 {
+            let valid = fs::read(photo).unwrap();
+            for (k, bad) in corrupt::corpus(&valid).into_iter().enumerate() {
+                // a few in each class folder, between the valid ones in any order
+                let key = format!("{}/bad_{k:02}.JPEG", class.to_str().unwrap());
+                fs::write(src.join(&key), &bad.bytes).unwrap();
+                expected.insert(key, ingest_outcome(bad.expect, &bad.bytes));
+            }
+        }
+    }
+    (src, expected)
+}
+
 #[test]
 fn output_is_byte_identical_whatever_the_worker_count() {
-    let src = samples("crops", 120);
+    // Corrupt JPEGs of every kind between the valid photos: a worker's decoder must come out
+    // of each one clean, so every photo is stored as is, whichever worker meets it after
+    // which broken file.
     let tmp = tempfile::tempdir().unwrap();
+    let (src, corrupt_keys) = photos_with_corrupt_ones(tmp.path());
     let sizes = ["--shard-bytes", "500KiB", "--row-group-bytes", "100KiB"];
     let mut outputs = Vec::new();
     for workers in ["1", "2", "5"] {
@@ -295,10 +334,41 @@ fn output_is_byte_identical_whatever_the_worker_count() {
     assert!(outputs[0].len() > 5, "several shards: {}", outputs[0].len());
     assert_eq!(outputs[0], outputs[1]);
     assert_eq!(outputs[0], outputs[2]);
+    let out = tmp.path().join("w1");
+    let split = &load_manifest(&out).splits["train"];
+    let converted = split.converted.iter().map(|n| (n, "converted"));
+    let notes: BTreeMap<&str, (&str, &str)> = split
+        .rejected
+        .iter()
+        .map(|n| (n, "rejected"))
+        .chain(converted)
+        .map(|(n, what)| (n.key.as_str(), (what, n.reason.as_str())))
+        .collect();
+    for (key, (what, word)) in &corrupt_keys {
+        let (got, reason) = notes[key.as_str()];
+        assert!(
+            got == *what && reason.contains(word),
+            "{key}: {got} {reason}"
+        );
+    }
+    assert_eq!(
+        notes.len(),
+        corrupt_keys.len(),
+        "only the corrupt files: {notes:?}"
+    );
+    for row in all_rows(&out, "train") {
+        if !corrupt_keys.contains_key(&row.key) {
+            assert_eq!(
+                row.jpeg,
+                fs::read(src.join(&row.key)).unwrap(),
+                "{}",
+                row.key
+            );
+        }
+    }
 
     // The shuffled order mixes classes: no shard is a single class, and a new seed
     // changes the layout.
-    let out = tmp.path().join("w1");
     let m = load_manifest(&out);
     for shard in &m.splits["train"].shards {
         let labels: std::collections::BTreeSet<i32> = read_shard(&out.join(&shard.file))

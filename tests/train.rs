@@ -1,17 +1,17 @@
 //! `dino-stream train` end to end on real photos with a tiny ViT: exact resumption, the
 //! non-finite-loss guard, the collapse warning, config errors and incompatible resumes.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{dino_stream, dino_stream_err, dino_stream_ok, path_str, samples};
+use crate::common::{
+    dino_stream, dino_stream_err, dino_stream_ok, metrics_lines, path_str, samples,
+};
 use dino_stream::checkpoint::{self, Checkpoint};
 
 /// A tiny model on 32 px crops: a step takes a few tens of milliseconds on 2 cores.
-const TINY: &str = r#"
+pub const TINY: &str = r#"
 [model]
 arch = "custom"
 patch_size = 8
@@ -41,7 +41,7 @@ log_every = 1
 
 /// 48 real photos, ingested into the target's scratch folder (a rerun finds them up to
 /// date): 6 steps per epoch at batch 8.
-fn shards() -> &'static Path {
+pub fn shards() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("train-shards");
@@ -59,13 +59,13 @@ fn shards() -> &'static Path {
     })
 }
 
-struct Run {
-    _tmp: tempfile::TempDir,
-    config: PathBuf,
-    out: PathBuf,
+pub struct Run {
+    pub _tmp: tempfile::TempDir,
+    pub config: PathBuf,
+    pub out: PathBuf,
 }
 
-fn run_dir(config: &str) -> Run {
+pub fn run_dir(config: &str) -> Run {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("tiny.toml");
     fs::write(&path, config).unwrap();
@@ -76,7 +76,7 @@ fn run_dir(config: &str) -> Run {
     }
 }
 
-fn train_args<'a>(run: &'a Run, extra: &[&'a str]) -> Vec<&'a str> {
+pub fn train_args<'a>(run: &'a Run, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "train",
         "--config",
@@ -90,18 +90,14 @@ fn train_args<'a>(run: &'a Run, extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-fn losses(run: &Run) -> Vec<(u64, f64)> {
-    fs::read_to_string(run.out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
-        })
+pub fn losses(run: &Run) -> Vec<(u64, f64)> {
+    metrics_lines(&run.out)
+        .iter()
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
         .collect()
 }
 
-fn final_checkpoint(run: &Run) -> Checkpoint {
+pub fn final_checkpoint(run: &Run) -> Checkpoint {
     let dir = checkpoint::latest(&run.out.join("checkpoints"))
         .unwrap()
         .expect("a checkpoint");
@@ -189,14 +185,7 @@ fn the_run_dir_holds_config_metrics_and_the_newest_checkpoints() {
         saved.contains("epochs = 6") && saved.contains("momentum_teacher = 0.996"),
         "{saved}"
     );
-    let line: serde_json::Value = serde_json::from_str(
-        fs::read_to_string(run.out.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    let line = metrics_lines(&run.out).pop().unwrap();
     for key in [
         "loss",
         "lr",

@@ -6,10 +6,12 @@
 # teacher, of the same network at its random initialization and of raw pixels, attention
 # maps of three test photos, and the run's curves.
 #
-# usage: tools/fmnist-proof.sh [RUN_DIR]   (default: runs/fmnist-proof; a rerun resumes)
+# usage: tools/fmnist-proof.sh [RUN_DIR [STEPS]]   (default: runs/fmnist-proof, the config's
+# 1,560 steps; a rerun resumes). STEPS=936 is the run the README's config sweep compares.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run_dir=${1:-runs/fmnist-proof}
+steps=${2:-}
 cache=${DINO_STREAM_CACHE:-$HOME/.cache/dino-stream}
 
 tools/install-build-deps.sh
@@ -22,9 +24,10 @@ dino_stream ingest --src "$cache/samples/fmnist-train-20000" --out "$shards" --s
 dino_stream ingest --src "$cache/samples/fmnist-train" --out "$shards" --split bank
 dino_stream ingest --src "$cache/samples/fmnist-test" --out "$shards" --split val
 
-resume=()
-[ -d "$run_dir/train/checkpoints" ] && resume=(--resume)
-dino_stream train --config configs/fmnist.toml --data "$shards" --out "$run_dir/train" "${resume[@]}"
+extra=()
+[ -d "$run_dir/train/checkpoints" ] && extra+=(--resume)
+[ -n "$steps" ] && extra+=(--set "run.max_steps=$steps")
+dino_stream train --config configs/fmnist.toml --data "$shards" --out "$run_dir/train" "${extra[@]}"
 dino_stream plot "$run_dir/train"
 
 knn() { dino_stream knn --checkpoint "$run_dir/train" --train "$shards" --train-split bank --val "$shards" "$@"; }

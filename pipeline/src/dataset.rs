@@ -89,7 +89,7 @@ impl Dataset {
         let mut row_groups = Vec::new();
         let mut first = 0u64;
         for (shard_index, shard) in entry.shards.iter().enumerate() {
-            let path = dir.join(&shard.file);
+            let path = shard.path(dir)?;
             let mismatch = |what: String| DatasetError::Mismatch {
                 path: path.clone(),
                 what,

@@ -19,14 +19,10 @@ pub enum EvalError {
     Dataset(#[from] DatasetError),
     #[error(transparent)]
     Shard(#[from] ShardError),
-    #[error("{path}: sample '{key}': {what}; re-run the ingest to rebuild this shard")]
-    Sample {
-        path: PathBuf,
-        key: String,
-        what: String,
-    },
     #[error("cannot start the JPEG decoder: {0}")]
     Decoder(#[from] JpegError),
+    #[error("the evaluation {0} must be at least 1")]
+    Setting(&'static str),
 }
 
 /// The shorter side the image is resized to before the center crop: 256 for 224, as in
@@ -87,6 +83,16 @@ pub struct EvalBatch {
     pub pixels: Vec<u8>,
     pub labels: Vec<i32>,
     pub len: usize,
+    /// Samples left out since the previous batch because they did not decode cleanly.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A sample that is not evaluated: it fails to decode, or decodes only with a warning (its
+/// damaged part made up by the decoder, which would bias the result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub key: String,
+    pub why: String,
 }
 
 /// The batches of one pass; iterate until `None`. Dropping it early stops the reader.
@@ -106,9 +112,19 @@ struct Worker {
 }
 
 impl EvalReader {
+    /// Opens the split (every shard's checksum verified) and starts reading. Batch size,
+    /// workers and size must be at least 1.
     pub fn start(cfg: EvalConfig) -> Result<Self, EvalError> {
-        assert!(cfg.batch_size > 0 && cfg.workers > 0 && cfg.size > 0);
-        let dataset = Dataset::open(&cfg.dir, &cfg.split, Verify::Footers)?;
+        for (setting, value) in [
+            ("batch size", cfg.batch_size),
+            ("workers", cfg.workers),
+            ("size", cfg.size as usize),
+        ] {
+            if value == 0 {
+                return Err(EvalError::Setting(setting));
+            }
+        }
+        let dataset = Dataset::open(&cfg.dir, &cfg.split, Verify::Checksums)?;
         let workers = (0..cfg.workers)
             .map(|_| {
                 Ok(Worker {
@@ -160,7 +176,8 @@ impl Drop for EvalReader {
 }
 
 /// Reads every row group in order and hands out full batches (the last one partial);
-/// stops early when `emit` returns false.
+/// stops early when `emit` returns false. Samples that do not decode cleanly are left out
+/// and listed in the next batch's `skipped`.
 fn read_all(
     dataset: &Dataset,
     cfg: &EvalConfig,
@@ -171,7 +188,6 @@ fn read_all(
     let mut batch = new_batch(cfg, view);
     for row_group in &dataset.row_groups {
         let columns = dataset.read(row_group)?;
-        let path = &dataset.shards[row_group.shard];
         let mut row = 0;
         while row < row_group.rows as usize {
             let take = (cfg.batch_size - batch.len).min(row_group.rows as usize - row);
@@ -179,7 +195,8 @@ fn read_all(
             batch.pixels.resize((start + take) * view, 0);
             let out = &mut batch.pixels[start * view..];
             let per_worker = take.div_ceil(workers.len());
-            std::thread::scope(|scope| {
+            // each worker's rows: None when the sample went in, else why not
+            let outcomes: Vec<Option<String>> = std::thread::scope(|scope| {
                 let jobs = out.chunks_mut(per_worker * view).zip(workers.iter_mut());
                 let handles: Vec<_> = jobs
                     .enumerate()
@@ -187,28 +204,41 @@ fn read_all(
                         let first = row + w * per_worker;
                         let (columns, size) = (&columns, cfg.size);
                         scope.spawn(move || {
-                            for (i, dst) in out.chunks_exact_mut(view).enumerate() {
-                                let r = first + i;
-                                worker
-                                    .transform(columns.jpegs.value(r), size, dst)
-                                    .map_err(|what| EvalError::Sample {
-                                        path: path.clone(),
-                                        key: columns.keys.value(r).to_owned(),
-                                        what,
-                                    })?;
-                            }
-                            Ok::<(), EvalError>(())
+                            out.chunks_exact_mut(view)
+                                .enumerate()
+                                .map(|(i, dst)| {
+                                    worker
+                                        .transform(columns.jpegs.value(first + i), size, dst)
+                                        .err()
+                                })
+                                .collect::<Vec<_>>()
                         })
                     })
                     .collect();
                 handles
                     .into_iter()
-                    .try_for_each(|h| h.join().expect("eval worker panicked"))
-            })?;
-            batch
-                .labels
-                .extend((row..row + take).map(|r| columns.labels.value(r)));
-            batch.len += take;
+                    .flat_map(|h| h.join().expect("eval worker panicked"))
+                    .collect()
+            });
+            // close the gaps the skipped samples left
+            let mut kept = start;
+            for (i, outcome) in outcomes.into_iter().enumerate() {
+                let r = row + i;
+                match outcome {
+                    Some(why) => batch.skipped.push(Skipped {
+                        key: columns.keys.value(r).to_owned(),
+                        why,
+                    }),
+                    None => {
+                        let from = (start + i) * view;
+                        batch.pixels.copy_within(from..from + view, kept * view);
+                        batch.labels.push(columns.labels.value(r));
+                        kept += 1;
+                    }
+                }
+            }
+            batch.pixels.truncate(kept * view);
+            batch.len = kept;
             row += take;
             if batch.len == cfg.batch_size {
                 let full = std::mem::replace(&mut batch, new_batch(cfg, view));
@@ -218,7 +248,7 @@ fn read_all(
             }
         }
     }
-    if batch.len > 0 {
+    if batch.len > 0 || !batch.skipped.is_empty() {
         emit(batch);
     }
     Ok(())
@@ -229,6 +259,7 @@ fn new_batch(cfg: &EvalConfig, view: usize) -> EvalBatch {
         pixels: Vec::with_capacity(cfg.batch_size * view),
         labels: Vec::with_capacity(cfg.batch_size),
         len: 0,
+        skipped: Vec::new(),
     }
 }
 
@@ -237,7 +268,10 @@ impl Worker {
         let decoded = self
             .decoder
             .decode(jpeg, Pixels::Rgb, &mut self.decoded)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("does not decode: {e}"))?;
+        if let Some(warning) = decoded.warning {
+            return Err(format!("decodes only with a warning: {warning}"));
+        }
         let src = Rgb {
             pixels: &self.decoded,
             width: decoded.width,

@@ -68,35 +68,116 @@ pub struct Decoded {
     pub warning: Option<String>,
 }
 
-/// One TurboJPEG decompression instance; cheap to reuse, not shareable across threads.
+/// PIL's decompression-bomb limit: the default cap on an image's pixels.
+pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
+
+/// Progressive scans after which a decode is abandoned: a crafted progressive file can make
+/// libjpeg-turbo run thousands of scans over one small image (its own tools use 500).
+const SCAN_LIMIT: c_int = 500;
+
+/// The beginnings of libjpeg's warning messages (`JWRN_*` in its `jerror.h`): a call that
+/// reports one of these completed, with the damaged part of the image made up by the
+/// library. TurboJPEG's error code cannot tell this alone: once a call warned it reports
+/// "warning" even when a fatal error followed, and then the message is the fatal one.
+const WARNINGS: [&str; 7] = [
+    "Corrupt JPEG data:",
+    "Premature end of JPEG file",
+    "Unknown Adobe color transform code",
+    "Inconsistent progression sequence",
+    "Warning: unknown JFIF revision number",
+    "Invalid SOS parameters for sequential JPEG",
+    "Application transferred too many scanlines",
+];
+
+/// A TurboJPEG decompressor that starts every image on a fresh instance.
+///
+/// A TurboJPEG instance must not be reused after trouble: `tj3DecompressHeader` returns from
+/// its error branch without aborting the decompressor, so the next file inherits a
+/// half-read marker stream, and a stream that ends before any frame returns success
+/// without setting the header fields, so the previous file's size and colour space would
+/// be read back. Each [`header`](Self::header) call (and so each decode) therefore begins on
+/// a new instance; that costs an allocation, not a decode. Not shareable across threads.
 pub struct JpegDecoder {
     handle: NonNull<c_void>,
+    /// The instance has parsed a header since it was made.
+    used: bool,
+    max_pixels: u64,
 }
 
 // SAFETY: a TurboJPEG instance may move between threads; it is only never used by two at once,
 // which `&mut self` on every call guarantees.
 unsafe impl Send for JpegDecoder {}
 
+/// A new decompression instance with the scan limit set.
+fn new_instance() -> Result<NonNull<c_void>, JpegError> {
+    // SAFETY: tj3Init has no preconditions; a null return is handled.
+    let ptr = unsafe { raw::tj3Init(raw::TJINIT_TJINIT_DECOMPRESS as c_int) };
+    let handle = NonNull::new(ptr).ok_or_else(|| JpegError("tj3Init failed".into()))?;
+    // SAFETY: valid handle; SCANLIMIT takes any non-negative value.
+    unsafe {
+        raw::tj3Set(
+            handle.as_ptr(),
+            raw::TJPARAM_TJPARAM_SCANLIMIT as c_int,
+            SCAN_LIMIT,
+        )
+    };
+    Ok(handle)
+}
+
+/// How a TurboJPEG call that did not return 0 went.
+enum Trouble {
+    /// It completed; the message says what the library made up.
+    Warning(String),
+    Fatal(String),
+}
+
 impl JpegDecoder {
     pub fn new() -> Result<Self, JpegError> {
-        // SAFETY: tj3Init has no preconditions; a null return is handled.
-        let ptr = unsafe { raw::tj3Init(raw::TJINIT_TJINIT_DECOMPRESS as c_int) };
-        let handle = NonNull::new(ptr).ok_or_else(|| JpegError("tj3Init failed".into()))?;
-        Ok(Self { handle })
+        Ok(Self {
+            handle: new_instance()?,
+            used: false,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        })
     }
 
-    fn last_error(&self) -> String {
-        // SAFETY: the handle is valid for self's lifetime; the string is owned by the instance
-        // and copied out before any other call.
+    /// Refuses to decode images of more than `max_pixels` pixels (default
+    /// [`DEFAULT_MAX_PIXELS`]); the header alone tells the size, so nothing is allocated.
+    pub fn set_max_pixels(&mut self, max_pixels: u64) {
+        self.max_pixels = max_pixels;
+    }
+
+    /// Replaces a used instance by a fresh one.
+    fn fresh(&mut self) -> Result<(), JpegError> {
+        if self.used {
+            let handle = new_instance()?;
+            // SAFETY: the old handle came from tj3Init and is destroyed once; it is replaced
+            // before any further use.
+            unsafe { raw::tj3Destroy(self.handle.as_ptr()) };
+            self.handle = handle;
+        }
+        self.used = true;
+        Ok(())
+    }
+
+    fn message(&self) -> String {
+        // SAFETY: the handle is valid for self's lifetime; the string is owned by the
+        // instance (or the thread) and copied out before any other call.
         unsafe { CStr::from_ptr(raw::tj3GetErrorStr(self.handle.as_ptr())) }
             .to_string_lossy()
             .into_owned()
     }
 
-    fn is_warning(&self) -> bool {
+    fn trouble(&self) -> Trouble {
+        let message = self.message();
         // SAFETY: valid handle.
         let code = unsafe { raw::tj3GetErrorCode(self.handle.as_ptr()) };
-        code == raw::TJERR_TJERR_WARNING as c_int
+        if code == raw::TJERR_TJERR_WARNING as c_int
+            && WARNINGS.iter().any(|w| message.starts_with(w))
+        {
+            Trouble::Warning(message)
+        } else {
+            Trouble::Fatal(message)
+        }
     }
 
     fn get(&self, param: raw::TJPARAM) -> c_int {
@@ -104,14 +185,28 @@ impl JpegDecoder {
         unsafe { raw::tj3Get(self.handle.as_ptr(), param as c_int) }
     }
 
-    /// Parses the header only (dimensions, colour model); cheap, nothing is decoded.
+    /// Parses the header only (dimensions, colour model), on a fresh instance; cheap,
+    /// nothing is decoded. A header that parses with a warning is accepted: the decode
+    /// reports the warning.
     pub fn header(&mut self, data: &[u8]) -> Result<JpegHeader, JpegError> {
+        self.fresh()?;
         // SAFETY: data is a valid slice for the duration of the call.
         let rc = unsafe {
             raw::tj3DecompressHeader(self.handle.as_ptr(), data.as_ptr(), data.len() as _)
         };
-        if rc != 0 {
-            return Err(JpegError(self.last_error()));
+        if rc != 0
+            && let Trouble::Fatal(message) = self.trouble()
+        {
+            return Err(JpegError(message));
+        }
+        // A fresh instance holds -1 until a frame header is read: a stream without one
+        // ("tables only", or cut before its frame) leaves it so.
+        let (width, height) = (
+            self.get(raw::TJPARAM_TJPARAM_JPEGWIDTH),
+            self.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT),
+        );
+        if width < 1 || height < 1 {
+            return Err(JpegError("JPEG datastream contains no image".into()));
         }
         let color = match self.get(raw::TJPARAM_TJPARAM_COLORSPACE) as raw::TJCS {
             raw::TJCS_TJCS_YCbCr => JpegColor::YCbCr,
@@ -122,8 +217,8 @@ impl JpegDecoder {
             other => return Err(JpegError(format!("unknown JPEG colorspace {other}"))),
         };
         Ok(JpegHeader {
-            width: self.get(raw::TJPARAM_TJPARAM_JPEGWIDTH) as u32,
-            height: self.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT) as u32,
+            width: width as u32,
+            height: height as u32,
             color,
             lossless: self.get(raw::TJPARAM_TJPARAM_LOSSLESS) != 0,
         })
@@ -137,6 +232,24 @@ impl JpegDecoder {
         out: &mut Vec<u8>,
     ) -> Result<Decoded, JpegError> {
         self.decode_scaled(data, pixels, 1, out)
+    }
+
+    /// Decodes any JPEG that ingest accepts to packed RGB: YCbCr, gray and RGB directly,
+    /// CMYK and YCCK as PIL converts them (Adobe's inversion undone). `cmyk` is scratch.
+    pub fn decode_rgb(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        cmyk: &mut Vec<u8>,
+    ) -> Result<Decoded, JpegError> {
+        match self.header(data)?.color {
+            JpegColor::Cmyk | JpegColor::Ycck => {
+                let decoded = self.decode(data, Pixels::Cmyk, cmyk)?;
+                cmyk_to_rgb(cmyk, has_adobe_marker(data), out);
+                Ok(decoded)
+            }
+            _ => self.decode(data, Pixels::Rgb, out),
+        }
     }
 
     /// Decodes at 1/`denom` of the size (1, 2, 4 or 8), scaling in the DCT domain, which
@@ -153,13 +266,20 @@ impl JpegDecoder {
             "unsupported DCT scale 1/{denom}"
         );
         let header = self.header(data)?;
+        let area = u64::from(header.width) * u64::from(header.height);
+        if area > self.max_pixels {
+            return Err(JpegError(format!(
+                "{}x{} is over the limit of {} pixels",
+                header.width, header.height, self.max_pixels
+            )));
+        }
         let factor = raw::tjscalingfactor {
             num: 1,
             denom: denom as c_int,
         };
         // SAFETY: valid handle; 1/1, 1/2, 1/4 and 1/8 are supported scaling factors.
         if unsafe { raw::tj3SetScalingFactor(self.handle.as_ptr(), factor) } != 0 {
-            return Err(JpegError(self.last_error()));
+            return Err(JpegError(self.message()));
         }
         let (width, height) = (header.width.div_ceil(denom), header.height.div_ceil(denom));
         let len = width as usize * height as usize * pixels.channels();
@@ -177,12 +297,12 @@ impl JpegDecoder {
                 pixels.tj_format(),
             )
         };
-        let warning = if rc == 0 {
-            None
-        } else if self.is_warning() {
-            Some(self.last_error())
-        } else {
-            return Err(JpegError(self.last_error()));
+        let warning = match rc {
+            0 => None,
+            _ => match self.trouble() {
+                Trouble::Warning(message) => Some(message),
+                Trouble::Fatal(message) => return Err(JpegError(message)),
+            },
         };
         Ok(Decoded {
             width,

@@ -645,7 +645,7 @@ impl Worker {
             log::warn!(
                 "sample {} ({}) does not decode ({why}); replaced by its neighbour in the epoch order",
                 sample.index,
-                sample.key()
+                crate::manifest::printable(sample.key())
             );
         }
     }

@@ -16,15 +16,46 @@ pub const FORMAT: &str = "dino-stream-shards";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    // `err`, not `source`: the message holds the cause, and a source would print it twice
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
     #[error("{path}: not a dino-stream manifest ({why}); use another output directory")]
     Foreign { path: PathBuf, why: String },
+    #[error(
+        "{path}: a damaged dino-stream manifest ({why}); ingest again into a new folder, or \
+         remove this folder and ingest again"
+    )]
+    Corrupt { path: PathBuf, why: String },
+    #[error("{path}: {why}")]
+    Shard { path: PathBuf, why: String },
     #[error(
         "{path}: schema version {found}, this build handles version {SCHEMA_VERSION}; \
          re-ingest into a new directory"
     )]
     Version { path: PathBuf, found: u32 },
+}
+
+/// `text` (a key, a file name) safe to print on a terminal: control characters and the
+/// invisible format characters that reorder or hide text (bidi overrides, zero-width) are
+/// escaped as `\u{..}`, so a crafted name can neither move the cursor nor forge a line.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if unsafe_char(c) {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// A converted or rejected input, and why.
@@ -116,13 +147,24 @@ impl Manifest {
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(ManifestError::Io { path, source }),
+            Err(err) => return Err(ManifestError::Io { path, err }),
         };
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| ManifestError::Foreign {
-                path: path.clone(),
-                why: format!("invalid JSON: {e}"),
-            })?;
+        let value: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            // a file that names our format but does not parse is ours, damaged
+            Err(e) if text.contains(FORMAT) => {
+                return Err(ManifestError::Corrupt {
+                    path,
+                    why: format!("invalid JSON: {e}"),
+                });
+            }
+            Err(e) => {
+                return Err(ManifestError::Foreign {
+                    path,
+                    why: format!("invalid JSON: {e}"),
+                });
+            }
+        };
         let format = value.get("format").and_then(|f| f.as_str());
         if format != Some(FORMAT) {
             return Err(ManifestError::Foreign {
@@ -137,12 +179,39 @@ impl Manifest {
         if found != SCHEMA_VERSION {
             return Err(ManifestError::Version { path, found });
         }
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(|e| ManifestError::Foreign {
-                path,
-                why: format!("malformed: {e}"),
-            })
+        let manifest: Manifest =
+            serde_json::from_value(value).map_err(|e| ManifestError::Corrupt {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+        manifest
+            .check()
+            .map_err(|why| ManifestError::Corrupt { path, why })?;
+        Ok(Some(manifest))
+    }
+
+    /// What every reader relies on: shard files are plain names inside the folder (never a
+    /// path that leads out of it), and each split's row count is its shards' sum.
+    fn check(&self) -> Result<(), String> {
+        for (name, split) in &self.splits {
+            for shard in &split.shards {
+                if !is_plain_file_name(&shard.file) {
+                    return Err(format!(
+                        "split '{name}' lists shard {:?}, which is not a plain file name in \
+                         this folder",
+                        shard.file
+                    ));
+                }
+            }
+            let rows: u64 = split.shards.iter().map(|s| s.rows).sum();
+            if rows != split.rows {
+                return Err(format!(
+                    "split '{name}' has {} rows, but its shards add up to {rows}",
+                    split.rows
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Writes `dir/manifest.json` atomically (temporary file, fsync, rename, fsync dir).
@@ -150,23 +219,74 @@ impl Manifest {
         let mut text = serde_json::to_string_pretty(self).expect("manifest serializes");
         text.push('\n');
         let path = Self::path(dir);
-        write_atomic(&path, text.as_bytes()).map_err(|source| ManifestError::Io { path, source })
+        write_atomic(&path, text.as_bytes()).map_err(|err| ManifestError::Io { path, err })
+    }
+}
+
+/// A name that stays in its folder: no separator, not `.` or `..`, no NUL.
+fn is_plain_file_name(name: &str) -> bool {
+    !(name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']))
+}
+
+impl ShardEntry {
+    /// The shard's file in `dir`, which must be a regular file (a device or FIFO would be
+    /// read forever).
+    pub fn path(&self, dir: &Path) -> Result<PathBuf, ManifestError> {
+        let path = dir.join(&self.file);
+        let meta = fs::metadata(&path).map_err(|e| ManifestError::Shard {
+            path: path.clone(),
+            why: format!("cannot open: {e}"),
+        })?;
+        if !meta.is_file() {
+            return Err(ManifestError::Shard {
+                path,
+                why: "not a regular file".into(),
+            });
+        }
+        Ok(path)
     }
 }
 
 /// Replaces `path` with `bytes` so that readers see either the old or the new content, also
 /// across a crash.
+/// A failed write (a full disk) leaves nothing behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = TempFile(dir.join(format!(".{name}.tmp")));
     {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = fs::File::create(&tmp.0)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    fs::rename(&tmp, path)?;
+    fs::rename(&tmp.0, path)?;
     sync_dir(dir)
+}
+
+/// A file being written under a temporary name: removed when dropped unless it was renamed
+/// into place, so that an error (a full disk) leaves no partial file behind.
+#[derive(Debug)]
+pub struct TempFile(pub PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        // after a rename there is nothing left to remove
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// An exclusive lock on `dir` for one writer, held for the life of the returned file (the OS
+/// drops it when the process dies): `Ok(None)` when another process holds it.
+pub fn try_lock_dir(dir: &Path) -> io::Result<Option<fs::File>> {
+    let file = fs::File::create(dir.join(".dino-stream.lock"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 /// Makes a rename in `dir` durable.

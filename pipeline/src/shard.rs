@@ -39,28 +39,29 @@ pub const META_RECORD: &str = "dino_stream.shard";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{path}: {source}")]
+    // `err`, not `source`: the message holds the cause, and a source would print it twice
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
+    #[error("{path}: {err}")]
     Parquet {
         path: PathBuf,
-        source: parquet::errors::ParquetError,
+        err: parquet::errors::ParquetError,
     },
     #[error("{path}: {what}")]
     Format { path: PathBuf, what: String },
 }
 
 impl ShardError {
-    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
+    pub(crate) fn io(path: &Path, err: io::Error) -> Self {
         Self::Io {
             path: path.to_owned(),
-            source,
+            err,
         }
     }
-    fn parquet(path: &Path, source: parquet::errors::ParquetError) -> Self {
+    fn parquet(path: &Path, err: parquet::errors::ParquetError) -> Self {
         Self::Parquet {
             path: path.to_owned(),
-            source,
+            err,
         }
     }
     fn format(path: &Path, what: impl Into<String>) -> Self {

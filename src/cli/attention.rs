@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use dino_pipeline::augment::{CropBox, Rgb, ViewMaker};
-use dino_pipeline::jpeg::{JpegDecoder, Pixels};
+use dino_pipeline::jpeg::{DEFAULT_MAX_PIXELS, JpegDecoder};
 use plotters::prelude::{Color, ColorMap, ViridisRGB};
 
 use crate::checkpoint::Which;
@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long, default_value = "attention", value_name = "DIR")]
     out: PathBuf,
     /// Side the image is resized to, in pixels
-    #[arg(long, default_value_t = 480, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 480, value_parser = clap::value_parser!(u32).range(1..=4096))]
     size: u32,
     /// Also write masks keeping this share of each head's attention mass (the paper: 0.6)
     #[arg(long, value_name = "SHARE", value_parser = parse_share)]
@@ -152,10 +152,28 @@ fn read_image(path: &Path, size: u32, side: usize) -> anyhow::Result<Vec<u8>> {
     let (pixels, width, height) = if bytes.starts_with(&[0xFF, 0xD8]) {
         let mut out = Vec::new();
         let decoded = JpegDecoder::new()?
-            .decode(&bytes, Pixels::Rgb, &mut out)
+            .decode_rgb(&bytes, &mut out, &mut Vec::new())
             .with_context(|| format!("{}: not a decodable JPEG", path.display()))?;
+        if let Some(warning) = decoded.warning {
+            log::warn!(
+                "{}: {warning}; the decoder made up the damaged part of the image",
+                path.display()
+            );
+        }
         (out, decoded.width, decoded.height)
     } else {
+        let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+            .with_guessed_format()
+            .with_context(|| format!("reading {}", path.display()))?;
+        let (w, h) = reader
+            .into_dimensions()
+            .with_context(|| format!("{}: not a readable image", path.display()))?;
+        if u64::from(w) * u64::from(h) > DEFAULT_MAX_PIXELS {
+            anyhow::bail!(
+                "{}: {w}x{h} is over the limit of {DEFAULT_MAX_PIXELS} pixels",
+                path.display()
+            );
+        }
         let rgb = image::load_from_memory(&bytes)
             .with_context(|| format!("{}: not a readable image", path.display()))?
             .to_rgb8();

@@ -1,9 +1,7 @@
 //! `dino-stream export`: a checkpoint's backbone as timm-compatible safetensors.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-use anyhow::Context;
 
 use crate::checkpoint::{self, Which};
 
@@ -28,6 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    refuse_checkpoint_file(&args.out)?;
     let dir = checkpoint::resolve(&args.checkpoint)?;
     let (state, network) = checkpoint::load_network(&dir, args.which)?;
     let backbone = checkpoint::backbone(&network);
@@ -38,8 +37,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.which.name()
         );
     }
-    checkpoint::write_tensors(&args.out, &backbone)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    // the error names the file
+    checkpoint::write_tensors(&args.out, &backbone)?;
     println!(
         "exported the {} backbone of {} (step {}): {} tensors to {}",
         args.which.name(),
@@ -49,4 +48,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `out` must not be a file of a checkpoint (or import) folder: exporting onto a network's
+/// own weights would replace them with the backbone alone.
+fn refuse_checkpoint_file(out: &Path) -> anyhow::Result<()> {
+    if out.is_dir() {
+        anyhow::bail!("--out {} is a folder; give a file name", out.display());
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if parent.join("state.json").exists() {
+        anyhow::bail!(
+            "--out {} is inside the checkpoint folder {}; write the export elsewhere",
+            out.display(),
+            parent.display()
+        );
+    }
+    Ok(())
 }

@@ -190,9 +190,15 @@ fn write(
         _ => PathBuf::from("."),
     };
     let staging = parent.join(format!(".import-{}", std::process::id()));
-    let saved = ckpt.save(&staging, 1)?;
-    std::fs::rename(&saved, out)
-        .with_context(|| format!("moving {} to {}", saved.display(), out.display()))?;
-    std::fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
-    Ok(())
+    let written = ckpt
+        .save(&staging, 1)
+        .map_err(anyhow::Error::from)
+        .and_then(|saved| {
+            std::fs::rename(&saved, out)
+                .with_context(|| format!("moving {} to {}", saved.display(), out.display()))
+        });
+    // also after a failure (a full disk): nothing half-written stays behind
+    let removed = std::fs::remove_dir_all(&staging);
+    written?;
+    removed.with_context(|| format!("removing {}", staging.display()))
 }

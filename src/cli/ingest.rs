@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use anyhow::Context;
 use dino_pipeline::ingest::{self, IngestConfig, IngestReport, Observer};
+use dino_pipeline::manifest::printable;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::bytes;
@@ -148,13 +148,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     cfg.overwrite = args.overwrite;
 
     let progress = Progress::new();
-    let report = ingest::ingest(&cfg, &progress).with_context(|| {
-        format!(
-            "ingest of {} into {} failed",
-            cfg.src.display(),
-            cfg.out.display()
-        )
-    })?;
+    // every error names its file, folder or option already
+    let report = ingest::ingest(&cfg, &progress)?;
     progress.bar.finish_and_clear();
     let input_bytes = progress.input_bytes.load(Ordering::Relaxed);
     print_summary(
@@ -207,7 +202,11 @@ fn print_summary(cfg: &IngestConfig, report: &IngestReport, secs: f64, input_byt
         input_bytes as f64 / 1e6 / secs.max(1e-9)
     );
     for note in split.rejected.iter().take(LISTED_REJECTS) {
-        println!("  rejected {}: {}", note.key, note.reason);
+        println!(
+            "  rejected {}: {}",
+            printable(&note.key),
+            printable(&note.reason)
+        );
     }
     if split.rejected.len() > LISTED_REJECTS {
         println!(

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use dino_pipeline::manifest::{Manifest, ShardEntry, SplitEntry};
+use dino_pipeline::manifest::{Manifest, ShardEntry, SplitEntry, printable};
 use dino_pipeline::shard;
 
 use super::bytes;
@@ -92,16 +92,24 @@ fn print_split(name: &str, split: &SplitEntry, list: bool) {
     );
     if list {
         for note in &split.converted {
-            println!("  converted {}: {}", note.key, note.reason);
+            println!(
+                "  converted {}: {}",
+                printable(&note.key),
+                printable(&note.reason)
+            );
         }
         for note in &split.rejected {
-            println!("  rejected  {}: {}", note.key, note.reason);
+            println!(
+                "  rejected  {}: {}",
+                printable(&note.key),
+                printable(&note.reason)
+            );
         }
     }
 }
 
 fn verify_shard(dir: &Path, split: &SplitEntry, entry: &ShardEntry) -> anyhow::Result<()> {
-    let path = dir.join(&entry.file);
+    let path = entry.path(dir)?;
     let (sha256, size) = shard::sha256_file(&path)?;
     if size != entry.bytes {
         bail!("{size} bytes, the manifest says {}", entry.bytes);

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use dino_pipeline::eval::{EvalConfig, EvalReader};
+use dino_pipeline::manifest::printable;
 use serde::Serialize;
 
 use super::progress_bar;
@@ -49,7 +50,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "10,20,100,200", value_parser = clap::value_parser!(u32).range(1..))]
     k: Vec<u32>,
     /// Temperature of the vote weights exp(sim / T)
-    #[arg(long, default_value_t = 0.07)]
+    #[arg(long, default_value_t = 0.07, value_parser = parse_temperature)]
     temperature: f32,
     /// Which network of the checkpoint
     #[arg(long, value_enum, default_value_t = Which::Teacher)]
@@ -61,14 +62,23 @@ pub struct Args {
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
     /// Decoding threads [default: all cores]
-    #[arg(long, value_name = "N")]
-    workers: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
     /// cpu, cuda or cuda:N
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     device: DeviceChoice,
     /// Print the results as one JSON object on stdout
     #[arg(long)]
     json: bool,
+}
+
+fn parse_temperature(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(t) if t.is_finite() && t > 0.0 => Ok(t),
+        _ => Err(format!(
+            "`{text}`: the temperature must be a positive number (the recipe's is 0.07)"
+        )),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -93,7 +103,16 @@ struct Report {
     image_size: usize,
     temperature: f32,
     results: Vec<KnnResult>,
+    /// samples of either split that did not decode cleanly and were left out
+    skipped: Vec<SkippedSample>,
     seconds: f64,
+}
+
+#[derive(Serialize)]
+struct SkippedSample {
+    split: String,
+    key: String,
+    why: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -150,9 +169,10 @@ fn evaluate<B: Backend>(
             split: split.to_owned(),
             size: size as u32,
             batch_size: args.batch_size as usize,
-            workers: args
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            workers: args.workers.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                usize::from,
+            ),
         })
         .with_context(|| format!("opening split '{split}' of {}", dir.display()))
     };
@@ -176,6 +196,31 @@ fn evaluate<B: Backend>(
         bar.inc(n)
     })?;
     bar.finish_and_clear();
+    let mut skipped = Vec::new();
+    for (split, bank) in [
+        (&args.train_split, &train_bank),
+        (&args.val_split, &val_bank),
+    ] {
+        for s in &bank.skipped {
+            log::warn!(
+                "split '{split}': sample {} left out: {}",
+                printable(&s.key),
+                s.why
+            );
+            skipped.push(SkippedSample {
+                split: split.clone(),
+                key: s.key.clone(),
+                why: s.why.clone(),
+            });
+        }
+    }
+    let n_train = train_bank.labels.len();
+    if let Some(&k) = args.k.iter().find(|&&k| k as usize > n_train) {
+        anyhow::bail!(
+            "--k {k} exceeds the {n_train} train samples the neighbours come from; use a k of \
+             at most {n_train}"
+        );
+    }
     let ks: Vec<usize> = args.k.iter().map(|&k| k as usize).collect();
     let bar = progress_bar(val_bank.labels.len() as u64, "images (neighbours)");
     let results = knn::classify(
@@ -199,6 +244,7 @@ fn evaluate<B: Backend>(
         image_size: size,
         temperature: args.temperature,
         results,
+        skipped,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -216,6 +262,12 @@ fn print_table(report: &Report) {
         report.temperature,
         report.seconds
     );
+    if !report.skipped.is_empty() {
+        println!(
+            "  {} sample(s) left out: they do not decode cleanly (listed above)",
+            report.skipped.len()
+        );
+    }
     println!("  {:>5}  {:>7}  {:>7}", "k", "top-1", "top-5");
     for r in &report.results {
         println!("  {:>5}  {:>7.2}  {:>7.2}", r.k, r.top1, r.top5);

@@ -6,6 +6,7 @@ mod import;
 mod ingest;
 mod inspect;
 mod knn;
+mod logger;
 mod metrics_endpoint;
 mod plot;
 mod train;
@@ -43,7 +44,14 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
+    // Output piped into `head` and the like ends quietly, as other Unix tools do, instead of
+    // a panic at the next print (Rust ignores SIGPIPE by default).
+    // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
+    logger::init();
     let result = match cli.command {
         Command::Ingest(args) => ingest::run(args),
         Command::Inspect(args) => inspect::run(args),

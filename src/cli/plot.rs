@@ -166,13 +166,13 @@ where
 {
     area.fill(&WHITE).map_err(plot_error)?;
     let values = panel.series.iter().flat_map(|(_, v)| v.iter().copied());
-    let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| {
-        if v.is_finite() {
-            (lo.min(v), hi.max(v))
-        } else {
-            (lo, hi)
-        }
-    });
+    let (lo, hi) = values
+        .filter(|&v| plottable(v))
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo > hi {
+        // nothing to draw: an empty chart, not a range of (MAX, MIN)
+        return Ok(());
+    }
     // A constant curve (e.g. a fixed teacher temperature) still gets a visible band.
     let pad = if hi > lo {
         0.05 * (hi - lo)
@@ -203,7 +203,7 @@ where
                     .iter()
                     .copied()
                     .zip(values.iter().copied())
-                    .filter(|(_, v)| v.is_finite()),
+                    .filter(|&(_, v)| plottable(v)),
                 color.stroke_width(2),
             ))
             .map_err(plot_error)?
@@ -220,6 +220,13 @@ where
             .map_err(plot_error)?;
     }
     Ok(())
+}
+
+/// A value the chart can hold: finite and within f32's range, which every figure the trainer
+/// logs comes from. Beyond it the axis span itself overflows to infinity, and the axis
+/// ticks are never found.
+fn plottable(v: f64) -> bool {
+    v.is_finite() && v.abs() <= f64::from(f32::MAX)
 }
 
 /// Axis labels: up to 4 decimals without trailing zeros, scientific for lr-sized values.

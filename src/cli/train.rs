@@ -9,16 +9,18 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::Config;
 use crate::device::{self, BackendJob, DeviceChoice};
-use crate::train::{self, Event, RunOptions, Summary};
+use crate::train::{self, Event, Resume, RunOptions, Summary};
 
 /// Pre-train a ViT with DINO on shards written by `ingest`.
 ///
 /// The config (TOML; every key defaults to the official recipe, see configs/) is saved as
 /// RUN/config.toml. RUN/metrics.jsonl gets one line per run.log_every steps (loss, lr, weight
-/// decay, teacher momentum and temperature, images/s, data wait, teacher entropy);
+/// decay, teacher momentum and temperature, images/s, data wait, teacher entropy, samples
+/// that failed to decode so far); RUN/train.log keeps the warnings (each undecodable sample
+/// with its key; collapse);
 /// RUN/checkpoints/ keeps the newest checkpoints (at each epoch end, every
 /// run.checkpoint_every steps, and at the end). --resume continues the run in RUN exactly
-/// where its newest checkpoint left it.
+/// where its newest checkpoint left it; --resume-from CKPT from that checkpoint.
 ///
 /// Overrides: --set SECTION.KEY=VALUE (repeatable), e.g. --set optim.epochs=5
 /// --set data.batch_size=32 --set model.arch=vit_tiny.
@@ -34,9 +36,13 @@ pub struct Args {
     /// Run folder: config.toml, metrics.jsonl, checkpoints/
     #[arg(long, value_name = "RUN")]
     out: PathBuf,
-    /// Continue the run in RUN from its newest checkpoint
-    #[arg(long)]
+    /// Continue the run in RUN from its newest checkpoint that loads (a damaged newer one is
+    /// reported and skipped)
+    #[arg(long, conflicts_with = "resume_from")]
     resume: bool,
+    /// Continue the run in RUN from this checkpoint folder (RUN/checkpoints/step-N)
+    #[arg(long, value_name = "CKPT")]
+    resume_from: Option<PathBuf>,
     /// cpu, cuda or cuda:N (cuda needs a build with --features cuda)
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     device: DeviceChoice,
@@ -77,6 +83,7 @@ impl BackendJob for Job {
             )
             .expect("valid template"),
         );
+        super::logger::attach_bar(Some(bar.clone()));
         let plain = bar.is_hidden();
         // a hidden bar swallows println: without a terminal, lines go straight to stderr
         let say = |text: String| {
@@ -121,13 +128,13 @@ impl BackendJob for Job {
                 }
             }
             Event::Checkpoint(path) => say(format!("checkpoint: {}", path.display())),
-            Event::Warning(text) => {
-                log::warn!("{text}");
-                say(format!("warning: {text}"));
-            }
+            // through the logger: the terminal and RUN/train.log
+            Event::Warning(text) => log::warn!("{text}"),
         };
         let result = train::train::<A>(&self.cfg, &self.opts, &device, &mut on_event);
         bar.finish_and_clear();
+        super::logger::attach_bar(None);
+        super::logger::close_file();
         result
     }
 }
@@ -139,17 +146,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         eprintln!("metrics: http://{bound}/metrics");
     }
+    // the pipeline's and the trainer's warnings (bad samples, collapse) go to RUN/train.log too
+    let log_file = args.out.join("train.log");
+    std::fs::create_dir_all(&args.out)
+        .and_then(|()| super::logger::tee_to(&log_file))
+        .with_context(|| format!("cannot write {}", log_file.display()))?;
     let job = Job {
         cfg,
         opts: RunOptions {
             data: args.data.clone(),
             out: args.out.clone(),
-            resume: args.resume,
+            resume: match (args.resume, args.resume_from) {
+                (_, Some(path)) => Resume::From(path),
+                (true, None) => Resume::Latest,
+                (false, None) => Resume::No,
+            },
         },
     };
-    let summary = device::dispatch(args.device, job)
-        .map_err(anyhow::Error::msg)?
-        .with_context(|| format!("training into {}", args.out.display()))?;
+    // every error names its file, folder or setting already
+    let summary = device::dispatch(args.device, job).map_err(anyhow::Error::msg)??;
     let checkpoint = summary
         .checkpoint
         .map_or("none".into(), |p| p.display().to_string());

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use dino_pipeline::eval::{EvalBatch, EvalError, EvalReader};
+use dino_pipeline::eval::{EvalBatch, EvalError, EvalReader, Skipped};
 use serde::Serialize;
 
 use crate::images;
@@ -18,6 +18,8 @@ pub enum KnnError {
     Eval(#[from] EvalError),
     #[error("split '{split}' has unlabeled samples (label -1); k-NN needs labels on both splits")]
     Unlabeled { split: String },
+    #[error("split '{split}': no sample decodes cleanly")]
+    NothingDecoded { split: String },
     #[error("split '{split}': label {label} is outside the {classes} classes of the manifest")]
     Label {
         split: String,
@@ -52,10 +54,12 @@ fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     x / norm
 }
 
-/// The features and labels of a whole split: [n, D] on the device.
+/// The features and labels of a whole split: [n, D] on the device, and the samples left
+/// out because they did not decode cleanly.
 pub struct Bank<B: Backend> {
     pub features: Tensor<B, 2>,
     pub labels: Vec<i32>,
+    pub skipped: Vec<Skipped>,
 }
 
 /// Runs every sample of `reader` through `features`; `progress` gets the samples done.
@@ -70,8 +74,14 @@ pub fn extract<B: Backend>(
     let classes = reader.classes.len();
     let mut rows = Vec::new();
     let mut labels = Vec::with_capacity(reader.len as usize);
+    let mut skipped = Vec::new();
     for batch in reader {
-        let batch = batch?;
+        let mut batch = batch?;
+        progress(batch.skipped.len() as u64);
+        skipped.append(&mut batch.skipped);
+        if batch.len == 0 {
+            continue;
+        }
         if let Some(&label) = batch
             .labels
             .iter()
@@ -93,9 +103,15 @@ pub fn extract<B: Backend>(
         labels.extend_from_slice(&batch.labels);
         progress(batch.len as u64);
     }
+    if rows.is_empty() {
+        return Err(KnnError::NothingDecoded {
+            split: split.into(),
+        });
+    }
     Ok(Bank {
         features: Tensor::cat(rows, 0),
         labels,
+        skipped,
     })
 }
 
@@ -197,6 +213,7 @@ mod tests {
         Bank {
             features: l2_normalize(t),
             labels: labels.to_vec(),
+            skipped: Vec::new(),
         }
     }
 

@@ -16,8 +16,8 @@ use crate::params;
 pub enum WeightsError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("{path}: its config does not parse: {source}")]
-    Config { path: PathBuf, source: ConfigError },
+    #[error("{path}: its config does not parse: {err}")]
+    Config { path: PathBuf, err: ConfigError },
     #[error("{path}: the {which} backbone does not fit the config's model: {why}")]
     Load {
         path: PathBuf,
@@ -43,21 +43,24 @@ impl Weights {
     /// config, same seed): the baseline training has to beat.
     pub fn open(path: &Path, which: Which, init: bool) -> Result<Self, WeightsError> {
         let dir = checkpoint::resolve(path)?;
-        let (state, network) = checkpoint::load_network(&dir, which)?;
-        let config = Config::parse(
-            &state.config,
-            &dir.join("state.json").display().to_string(),
-            &[],
-        )
-        .map_err(|source| WeightsError::Config {
-            path: dir.clone(),
-            source,
-        })?;
+        let state = checkpoint::load_state(&dir)?;
+        let config =
+            Config::parse_saved(&state.config, &dir.join("state.json").display().to_string())
+                .map_err(|err| WeightsError::Config {
+                    path: dir.clone(),
+                    err,
+                })?;
+        let backbone = match init {
+            true => None,
+            false => Some(checkpoint::backbone(&checkpoint::read_tensors(
+                &dir.join(which.file()),
+            )?)),
+        };
         Ok(Self {
             dir,
             step: state.step,
             config,
-            backbone: (!init).then(|| checkpoint::backbone(&network)),
+            backbone,
             which,
         })
     }

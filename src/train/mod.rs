@@ -10,6 +10,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use dino_pipeline::loader::{Loader, LoaderConfig, LoaderError};
+use dino_pipeline::manifest::try_lock_dir;
 use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointError};
@@ -26,13 +27,13 @@ pub enum TrainError {
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    // `err`, not `source`: the message holds the cause, and a source would print it twice
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{0}")]
     Run(String),
+    #[error("{path}: another training run is writing here; wait for it, or choose another --out")]
+    Busy { path: PathBuf },
     #[error(
         "the loss is {loss} at step {step} (epoch {epoch}); stopping. {last}. Lower optim.lr, \
          raise optim.warmup_epochs or lower optim.clip_grad, then resume"
@@ -49,7 +50,18 @@ pub enum TrainError {
 pub struct RunOptions {
     pub data: PathBuf,
     pub out: PathBuf,
-    pub resume: bool,
+    pub resume: Resume,
+}
+
+/// Where a run starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// A new run (RUN must hold no checkpoint).
+    No,
+    /// The newest checkpoint of RUN that loads; a damaged newer one is reported and skipped.
+    Latest,
+    /// This checkpoint folder.
+    From(PathBuf),
 }
 
 /// One line of `RUN/metrics.jsonl`: the step's schedule values and the window's averages.
@@ -70,6 +82,10 @@ pub struct LogLine {
     pub step_time: f64,
     pub teacher_entropy: f64,
     pub teacher_marginal_entropy: f64,
+    /// samples of the batches trained on since this invocation started that failed to
+    /// decode and were replaced; absent from lines written before it was recorded
+    #[serde(default)]
+    pub decode_failures: u64,
 }
 
 /// What the trainer tells its caller (the CLI draws a progress bar from it).
@@ -103,7 +119,7 @@ pub fn train<A: AutodiffBackend>(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Summary, TrainError> {
     let ckpt_dir = opts.out.join("checkpoints");
-    let resume_from = prepare_run_dir(cfg, opts, &ckpt_dir)?;
+    let (_lock, candidates) = prepare_run_dir(cfg, opts, &ckpt_dir)?;
 
     // ============ the models: student and an exact copy as teacher ============
     let vit = cfg.vit();
@@ -119,8 +135,8 @@ pub fn train<A: AutodiffBackend>(
     let mut step = 0;
     let mut position = Default::default();
     let data_plan = state::data_plan(&opts.data, &cfg.data.split)?;
-    if let Some(path) = &resume_from {
-        let ckpt = checkpoint::Checkpoint::load(path)?;
+    let resume_from = pick_checkpoint(&candidates, on_event)?;
+    if let Some((path, ckpt)) = &resume_from {
         state::check_compatible(cfg, &ckpt.state, path)?;
         if ckpt.state.data_plan != data_plan {
             return Err(TrainError::Run(format!(
@@ -131,11 +147,12 @@ pub fn train<A: AutodiffBackend>(
                 opts.data.display()
             )));
         }
-        (student, teacher) = state::restore_models(student, teacher, &ckpt, path, device)?;
-        state::restore_optimizer(&mut optimizer, &mut dino_loss, &ckpt, path, device)?;
+        (student, teacher) = state::restore_models(student, teacher, ckpt, path, device)?;
+        state::restore_optimizer(&mut optimizer, &mut dino_loss, ckpt, path, device)?;
         step = ckpt.state.step;
         position = ckpt.state.position.into();
     }
+    let resume_from = resume_from.map(|(path, _)| path);
 
     // ============ the data ============
     let mut loader = Loader::start(loader_config(cfg, &opts.data, position))?;
@@ -147,6 +164,9 @@ pub fn train<A: AutodiffBackend>(
             loader.dataset_len(),
             cfg.data.batch_size
         )));
+    }
+    if let Some(path) = &resume_from {
+        state::check_position(step, position, per_epoch, cfg, path)?;
     }
 
     // ============ schedules (per iteration, the teacher temperature per epoch) ============
@@ -166,9 +186,15 @@ pub fn train<A: AutodiffBackend>(
         temp: cfg.loss.teacher_temp,
         warmup_epochs: cfg.loss.warmup_teacher_temp_epochs,
     };
+    let all_steps = o.epochs.checked_mul(per_epoch).ok_or_else(|| {
+        TrainError::Run(format!(
+            "optim.epochs ({}) x {per_epoch} steps per epoch overflows",
+            o.epochs
+        ))
+    })?;
     let total_steps = match cfg.run.max_steps {
-        0 => o.epochs * per_epoch,
-        n => n.min(o.epochs * per_epoch),
+        0 => all_steps,
+        n => n.min(all_steps),
     };
     let first_step = step;
     on_event(Event::Start {
@@ -182,11 +208,15 @@ pub fn train<A: AutodiffBackend>(
     let mut last_checkpoint = resume_from.clone();
     let mut last_loss = f64::NAN;
     let mut waited = Instant::now();
+    let mut replaced = 0;
 
     while step < total_steps {
         let Some(batch) = loader.next() else { break };
         let batch = batch?;
+        // counted in the batches trained on, not in those the loader decoded ahead
+        replaced += batch.replaced.iter().filter(|&&r| r).count() as u64;
         let data_wait = waited.elapsed().as_secs_f64();
+        loader.queue_depths(); // sampled once per batch, for the metrics endpoint
         let started = Instant::now();
         let it = step;
         let epoch = batch.epoch;
@@ -255,7 +285,7 @@ pub fn train<A: AutodiffBackend>(
         });
         if step % cfg.run.log_every == 0 || step == total_steps {
             let stats = teacher_stats(targets);
-            let line = metrics.line(step, epoch, lr, wd, momentum, temp, &stats)?;
+            let line = metrics.line(step, epoch, lr, wd, momentum, temp, &stats, replaced)?;
             on_event(Event::Log(&line));
             if let Some(warning) = guard.check(&line) {
                 on_event(Event::Warning(warning));
@@ -287,37 +317,76 @@ pub fn train<A: AutodiffBackend>(
     })
 }
 
-/// Creates RUN, refuses to start a second run over one that has checkpoints, writes the
-/// effective config; returns the checkpoint to resume from.
+/// Creates RUN and locks it for this run (the lock is held while the returned file lives),
+/// refuses to start a second run over one that has checkpoints, writes the effective config;
+/// returns the checkpoints to resume from, in the order to try them.
 fn prepare_run_dir(
     cfg: &Config,
     opts: &RunOptions,
     ckpt_dir: &Path,
-) -> Result<Option<PathBuf>, TrainError> {
+) -> Result<(fs::File, Vec<PathBuf>), TrainError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| TrainError::Io { path, source }
+        move |err| TrainError::Io { path, err }
     };
     fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
-    let latest = checkpoint::latest(ckpt_dir)?;
-    let config_path = opts.out.join("config.toml");
-    if opts.resume {
-        if latest.is_none() {
+    let lock = try_lock_dir(&opts.out)
+        .map_err(io(&opts.out))?
+        .ok_or_else(|| TrainError::Busy {
+            path: opts.out.clone(),
+        })?;
+    let mut saved = checkpoint::list(ckpt_dir)?;
+    saved.reverse(); // newest first
+    let candidates = match &opts.resume {
+        Resume::No if saved.is_empty() => Vec::new(),
+        // a run without any checkpoint yet (stopped early, or failed to start) has nothing
+        // to lose and is simply started again
+        Resume::No => {
+            return Err(TrainError::Run(format!(
+                "{} already holds a run; pass --resume to continue it, or choose another --out",
+                opts.out.display()
+            )));
+        }
+        Resume::Latest if saved.is_empty() => {
             return Err(TrainError::Run(format!(
                 "--resume: no checkpoint in {}; start the run without --resume",
                 ckpt_dir.display()
             )));
         }
-    } else if latest.is_some() {
-        // a run without any checkpoint yet (stopped early, or failed to start) has nothing
-        // to lose and is simply started again
-        return Err(TrainError::Run(format!(
-            "{} already holds a run; pass --resume to continue it, or choose another --out",
-            opts.out.display()
-        )));
-    }
+        Resume::Latest => saved,
+        Resume::From(path) => vec![path.clone()],
+    };
+    let config_path = opts.out.join("config.toml");
     fs::write(&config_path, cfg.to_toml()).map_err(io(&config_path))?;
-    Ok(latest)
+    Ok((lock, candidates))
+}
+
+/// The first of `candidates` that loads. A damaged one is reported and the next (older) one
+/// tried; when none loads, the newest one's error is returned.
+fn pick_checkpoint(
+    candidates: &[PathBuf],
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Option<(PathBuf, checkpoint::Checkpoint)>, TrainError> {
+    let mut first_error = None;
+    for (i, path) in candidates.iter().enumerate() {
+        match checkpoint::Checkpoint::load(path) {
+            Ok(ckpt) => return Ok(Some((path.clone(), ckpt))),
+            Err(e) => {
+                if let Some(older) = candidates.get(i + 1) {
+                    on_event(Event::Warning(format!(
+                        "{e}; resuming from the older checkpoint {} instead (or pick one with \
+                         --resume-from CKPT)",
+                        older.display()
+                    )));
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(None),
+    }
 }
 
 fn loader_config(cfg: &Config, data: &Path, start: dino_pipeline::batch::Position) -> LoaderConfig {

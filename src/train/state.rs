@@ -214,8 +214,32 @@ pub fn restore_optimizer<B: Backend>(
             .ok_or_else(|| mismatch(&origin, format!("tensor `{name}` is missing")))
     };
     for (name, &step) in &ckpt.state.optimizer_steps {
-        let m = params::from_host(&tensor(&format!("m.{name}"))?.1, device);
-        let v = params::from_host(&tensor(&format!("v.{name}"))?.1, device);
+        // the moments of a tensor hold one value per parameter value
+        let len = ckpt
+            .student
+            .get(name)
+            .map(|(shape, _)| shape.iter().product::<usize>())
+            .ok_or_else(|| {
+                mismatch(
+                    &origin,
+                    format!("optimizer state for `{name}`, which the student does not have"),
+                )
+            })?;
+        let moment = |kind: &str| {
+            let key = format!("{kind}.{name}");
+            let (_, values) = tensor(&key)?;
+            if values.len() != len {
+                return Err(mismatch(
+                    &origin,
+                    format!(
+                        "tensor `{key}` has {} values, the parameter has {len}",
+                        values.len()
+                    ),
+                ));
+            }
+            Ok(params::from_host(values, device))
+        };
+        let (m, v) = (moment("m")?, moment("v")?);
         optimizer.state.insert(name.clone(), Moments { m, v, step });
     }
     let (shape, center) = tensor("center")?;
@@ -234,10 +258,38 @@ pub fn restore_optimizer<B: Backend>(
     Ok(())
 }
 
+/// The checkpoint's step must be where its pipeline position says the run stands:
+/// `epoch * steps_per_epoch + consumed / batch`, within the configured epochs.
+pub fn check_position(
+    step: u64,
+    position: Position,
+    per_epoch: u64,
+    cfg: &Config,
+    path: &Path,
+) -> Result<(), TrainError> {
+    let batch = cfg.data.batch_size as u64;
+    let expected = position
+        .epoch
+        .checked_mul(per_epoch)
+        .and_then(|s| s.checked_add(position.consumed / batch));
+    if position.epoch > cfg.optim.epochs || expected != Some(step) {
+        return Err(mismatch(
+            &path.join("state.json"),
+            format!(
+                "step {step} does not match its position (epoch {}, {} samples consumed) at \
+                 {per_epoch} steps per epoch of {} epochs: the file was altered; resume from \
+                 another checkpoint (--resume-from CKPT)",
+                position.epoch, position.consumed, cfg.optim.epochs
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A resumed run must be the same run: only the `run` settings and the worker count may
 /// change.
 pub fn check_compatible(cfg: &Config, state: &State, path: &Path) -> Result<(), TrainError> {
-    let saved = Config::parse(&state.config, &path.display().to_string(), &[])
+    let saved = Config::parse_saved(&state.config, &path.display().to_string())
         .map_err(|e| mismatch(path, format!("its config: {e}")))?;
     let table = |c: &Config| -> toml::Table {
         let mut c = c.clone();
@@ -286,9 +338,9 @@ impl MetricsLog {
     /// Opens for appending; on resume, lines past `step` (written after the checkpoint the
     /// run continues from) are dropped so the file reads as one run.
     pub fn open(path: &Path, step: u64) -> Result<Self, TrainError> {
-        let io = |source| TrainError::Io {
+        let io = |err| TrainError::Io {
             path: path.to_path_buf(),
-            source,
+            err,
         };
         let kept: String = match fs::read_to_string(path) {
             Ok(text) => text
@@ -335,6 +387,7 @@ impl MetricsLog {
         momentum: f64,
         teacher_temp: f64,
         stats: &TeacherStats,
+        decode_failures: u64,
     ) -> Result<LogLine, TrainError> {
         let n = self.steps.max(1) as f64;
         let line = LogLine {
@@ -351,14 +404,15 @@ impl MetricsLog {
             step_time: self.times / n,
             teacher_entropy: stats.entropy,
             teacher_marginal_entropy: stats.marginal_entropy,
+            decode_failures,
         };
         let mut json = serde_json::to_string(&line).expect("a log line serializes");
         json.push('\n');
         self.file
             .write_all(json.as_bytes())
-            .map_err(|source| TrainError::Io {
+            .map_err(|err| TrainError::Io {
                 path: self.path.clone(),
-                source,
+                err,
             })?;
         publish(&line);
         (self.losses, self.waits, self.times, self.images, self.steps) = (0.0, 0.0, 0.0, 0, 0);

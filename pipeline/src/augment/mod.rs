@@ -6,8 +6,9 @@ pub mod blur;
 pub mod color;
 pub mod params;
 
-use fast_image_resize::images::{CroppedImage, Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::images::{TypedCroppedImage, TypedImage, TypedImageRef};
+use fast_image_resize::pixels::U8x3;
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 
 pub use params::{CropBox, Jitter, JitterOp, ViewParams, ViewSpec, draw_view};
 
@@ -51,20 +52,22 @@ impl ViewMaker {
         out: &mut [u8],
     ) -> Result<(), AugmentError> {
         let err = |e: &dyn std::fmt::Display| AugmentError(e.to_string());
-        let image = ImageRef::new(src.width, src.height, src.pixels, PixelType::U8x3)
+        // The typed API instantiates the resampler for RGB only; the untyped `resize` would
+        // compile it into this crate for all 13 pixel types.
+        let image = TypedImageRef::<U8x3>::from_buffer(src.width, src.height, src.pixels)
             .map_err(|e| err(&e))?;
-        let mut dst =
-            Image::from_slice_u8(width, height, out, PixelType::U8x3).map_err(|e| err(&e))?;
+        let mut dst = TypedImage::<U8x3>::from_buffer(width, height, out).map_err(|e| err(&e))?;
         let options =
             ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
         if denom == 1 {
-            let boxed = CroppedImage::new(&image, crop.left, crop.top, crop.width, crop.height)
-                .map_err(|e| err(&e))?;
-            self.resizer.resize(&boxed, &mut dst, &options)
+            let boxed =
+                TypedCroppedImage::from_ref(&image, crop.left, crop.top, crop.width, crop.height)
+                    .map_err(|e| err(&e))?;
+            self.resizer.resize_typed(&boxed, &mut dst, &options)
         } else {
             let f = |v: u32| f64::from(v) / f64::from(denom);
             let options = options.crop(f(crop.left), f(crop.top), f(crop.width), f(crop.height));
-            self.resizer.resize(&image, &mut dst, &options)
+            self.resizer.resize_typed(&image, &mut dst, &options)
         }
         .map_err(|e| err(&e))
     }

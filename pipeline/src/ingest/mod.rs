@@ -22,7 +22,8 @@ pub use scan::{InputFile, Inputs, scan};
 pub use validate::{Limits, Outcome, Validator, fit_within};
 
 use crate::manifest::{
-    Counts, IngestOptions, InputNote, Manifest, ManifestError, ShardEntry, SplitEntry, sync_dir,
+    Counts, IngestOptions, InputNote, Manifest, ManifestError, ShardEntry, SplitEntry, TempFile,
+    sync_dir, try_lock_dir,
 };
 use crate::rng;
 use crate::shard::{self, Row, SCHEMA_VERSION, ShardError, ShardRecord, ShardWriter};
@@ -30,8 +31,8 @@ use crate::shard::{self, Row, SCHEMA_VERSION, ShardError, ShardRecord, ShardWrit
 /// Defaults chosen for ImageNet-scale data: ~256 MiB shards of 64 MiB row groups.
 pub const DEFAULT_SHARD_BYTES: u64 = 256 << 20;
 pub const DEFAULT_ROW_GROUP_BYTES: u64 = 64 << 20;
-/// PIL's decompression-bomb limit: larger images are rejected as absurd.
-pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
+/// Larger images are rejected as absurd.
+pub use crate::jpeg::DEFAULT_MAX_PIXELS;
 pub const DEFAULT_QUALITY: u8 = 90;
 /// Stream id of the ingest shuffle in [`rng::rng`].
 const SHUFFLE_STREAM: u64 = 0x1_0000;
@@ -81,8 +82,9 @@ pub enum IngestError {
     Labels { path: PathBuf, why: String },
     #[error("invalid option {option}: {why}")]
     Option { option: &'static str, why: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    // `err`, not `source`: the message holds the cause, and a source would print it twice
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
     #[error("output folder {path}: {why}")]
     Output { path: PathBuf, why: String },
     #[error(transparent)]
@@ -102,10 +104,10 @@ pub enum IngestError {
 }
 
 impl IngestError {
-    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
+    pub(crate) fn io(path: &Path, err: io::Error) -> Self {
         Self::Io {
             path: path.to_owned(),
-            source,
+            err,
         }
     }
 }
@@ -166,6 +168,44 @@ fn check_config(cfg: &IngestConfig) -> Result<(), IngestError> {
     Ok(())
 }
 
+/// An output folder inside the input would be read as a class folder by the next run.
+fn check_out_outside_src(cfg: &IngestConfig) -> Result<(), IngestError> {
+    let Ok(src) = fs::canonicalize(&cfg.src) else {
+        return Ok(()); // the scan reports a missing input
+    };
+    // the output may not exist yet: resolve its deepest existing ancestor
+    let mut existing = cfg.out.as_path();
+    let mut rest = Vec::new();
+    let out = loop {
+        match fs::canonicalize(existing) {
+            Ok(found) => break rest.iter().rev().fold(found, |p, part| p.join(part)),
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = if parent.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        parent
+                    };
+                }
+                _ => return Ok(()),
+            },
+        }
+    };
+    if out.starts_with(&src) {
+        return Err(IngestError::Option {
+            option: "--out",
+            why: format!(
+                "{} is inside --src {}: the next ingest would read its shards as input \
+                 images; choose a folder outside the input",
+                cfg.out.display(),
+                cfg.src.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The fingerprint of everything that determines a split's bytes.
 fn plan_fingerprint(cfg: &IngestConfig, inputs: &Inputs, options: &IngestOptions) -> String {
     #[derive(Serialize)]
@@ -192,20 +232,18 @@ fn plan_fingerprint(cfg: &IngestConfig, inputs: &Inputs, options: &IngestOptions
 }
 
 /// Takes an exclusive lock on the output folder for the life of the returned file, so two
-/// ingests cannot interleave their shards or manifests. The OS drops it if the process dies.
+/// ingests cannot interleave their shards or manifests.
 fn lock_output(out: &Path) -> Result<fs::File, IngestError> {
-    let path = out.join(".dino-stream.lock");
-    let file = fs::File::create(&path).map_err(|e| IngestError::Output {
-        path: out.to_owned(),
-        why: format!("not writable: {e}"),
-    })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(IngestError::Output {
+    match try_lock_dir(out) {
+        Ok(Some(file)) => Ok(file),
+        Ok(None) => Err(IngestError::Output {
             path: out.to_owned(),
             why: "another ingest is writing here; wait for it to finish".into(),
         }),
-        Err(fs::TryLockError::Error(e)) => Err(IngestError::io(&path, e)),
+        Err(e) => Err(IngestError::Output {
+            path: out.to_owned(),
+            why: format!("not writable: {e}"),
+        }),
     }
 }
 
@@ -241,6 +279,7 @@ fn remove_files<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> Result<(), 
 /// Runs an ingest of one split into `cfg.out`.
 pub fn ingest(cfg: &IngestConfig, observer: &dyn Observer) -> Result<IngestReport, IngestError> {
     check_config(cfg)?;
+    check_out_outside_src(cfg)?;
     let inputs = scan(&cfg.src, cfg.labels.as_deref())?;
     if inputs.files.is_empty() {
         return Err(IngestError::Source {
@@ -288,12 +327,15 @@ pub fn ingest(cfg: &IngestConfig, observer: &dyn Observer) -> Result<IngestRepor
         labels_without_file: inputs.labels_without_file.clone(),
     };
 
-    let mut existing = existing_shards(&cfg.out, &cfg.split)?;
-    if let Some(done) = manifest.splits.get(&cfg.split) {
-        if done.plan == plan && !cfg.overwrite {
+    // A split that is replaced keeps its shards and its manifest entry until the new one is
+    // complete: the new shards are written into a staging folder and moved in at the end,
+    // so a replacement that fails (or stores nothing) leaves the old split as it was.
+    let staging = cfg.out.join(format!(".overwrite-{}", cfg.split));
+    let replacing = match manifest.splits.get(&cfg.split) {
+        Some(done) if done.plan == plan && !cfg.overwrite => {
             return Ok(report(done.clone(), true, 0));
         }
-        if !cfg.overwrite {
+        Some(done) if !cfg.overwrite => {
             return Err(IngestError::Conflict(format!(
                 "{}: split '{}' was already ingested from {} with other inputs or options; \
                  pass --overwrite to replace it, or use another --split or --out",
@@ -302,11 +344,20 @@ pub fn ingest(cfg: &IngestConfig, observer: &dyn Observer) -> Result<IngestRepor
                 done.source
             )));
         }
-        // Drop the split from the manifest first: a crash below must not leave the manifest
-        // listing shards that are gone.
-        manifest.splits.remove(&cfg.split);
-        manifest.save(&cfg.out)?;
-    }
+        Some(_) => true,
+        None => false,
+    };
+    let shard_dir = if replacing {
+        fs::create_dir_all(&staging).map_err(|e| IngestError::io(&staging, e))?;
+        staging.clone()
+    } else {
+        // left by a replacement that died while moving its shards in
+        if staging.exists() {
+            fs::remove_dir_all(&staging).map_err(|e| IngestError::io(&staging, e))?;
+        }
+        cfg.out.clone()
+    };
+    let mut existing = existing_shards(&shard_dir, &cfg.split)?;
 
     // Resume: keep the leading run of shards that this very plan wrote.
     let mut resumed: Vec<(ShardEntry, ShardRecord)> = Vec::new();
@@ -360,6 +411,7 @@ pub fn ingest(cfg: &IngestConfig, observer: &dyn Observer) -> Result<IngestRepor
     let resumed_shards = resumed.len();
     let mut writer = SplitWriter {
         cfg,
+        dir: &shard_dir,
         plan: &plan,
         shards: resumed,
         open: None,
@@ -378,8 +430,14 @@ pub fn ingest(cfg: &IngestConfig, observer: &dyn Observer) -> Result<IngestRepor
             .next()
             .map(|n| format!("first: {}: {}", n.key, n.reason))
             .unwrap_or_default();
-        let paths: Vec<PathBuf> = shards.iter().map(|(e, _)| cfg.out.join(&e.file)).collect();
+        let paths: Vec<PathBuf> = shards
+            .iter()
+            .map(|(e, _)| shard_dir.join(&e.file))
+            .collect();
         remove_files(&paths)?;
+        if replacing {
+            fs::remove_dir(&staging).map_err(|e| IngestError::io(&staging, e))?;
+        }
         return Err(IngestError::NothingStored {
             src: cfg.src.clone(),
             count: order.len(),
@@ -387,6 +445,23 @@ pub fn ingest(cfg: &IngestConfig, observer: &dyn Observer) -> Result<IngestRepor
         });
     }
 
+    if replacing {
+        // The manifest lets go of the old split before its shards are removed; a crash
+        // from here on leaves no split listed, and the next run finds the moved shards
+        // (they record this plan) and resumes with them.
+        manifest.splits.remove(&cfg.split);
+        manifest.save(&cfg.out)?;
+        let old: Vec<PathBuf> = existing_shards(&cfg.out, &cfg.split)?
+            .into_values()
+            .collect();
+        remove_files(&old)?;
+        for (entry, _) in &shards {
+            let (from, to) = (staging.join(&entry.file), cfg.out.join(&entry.file));
+            fs::rename(&from, &to).map_err(|e| IngestError::io(&to, e))?;
+        }
+        fs::remove_dir(&staging).map_err(|e| IngestError::io(&staging, e))?;
+        sync_dir(&cfg.out).map_err(|e| IngestError::io(&cfg.out, e))?;
+    }
     let split = split_entry(cfg, &inputs, plan, options, shards);
     manifest.splits.insert(cfg.split.clone(), split.clone());
     manifest.save(&cfg.out)?;
@@ -524,7 +599,8 @@ struct Notes {
 
 struct OpenShard {
     index: usize,
-    tmp: PathBuf,
+    /// removed if the shard is never finished (an error, a full disk)
+    tmp: TempFile,
     writer: ShardWriter,
     input_start: usize,
     bytes: u64,
@@ -533,6 +609,9 @@ struct OpenShard {
 /// Consumes outcomes in input order and cuts them into shards.
 struct SplitWriter<'a> {
     cfg: &'a IngestConfig,
+    /// where the shards are written: the output folder, or the staging folder of a
+    /// replacement
+    dir: &'a Path,
     plan: &'a str,
     shards: Vec<(ShardEntry, ShardRecord)>,
     open: Option<OpenShard>,
@@ -602,8 +681,9 @@ impl SplitWriter<'_> {
     fn open_next(&mut self) -> Result<(), IngestError> {
         let index = self.shards.len();
         let name = shard::shard_file_name(&self.cfg.split, index);
-        let tmp = self.cfg.out.join(format!(".{name}.tmp"));
-        let writer = ShardWriter::create(&tmp, self.cfg.row_group_bytes as usize)?;
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let tmp = TempFile(tmp);
+        let writer = ShardWriter::create(&tmp.0, self.cfg.row_group_bytes as usize)?;
         self.open = Some(OpenShard {
             index,
             tmp,
@@ -629,9 +709,9 @@ impl SplitWriter<'_> {
         };
         let written = open.writer.finish(&record)?;
         let name = shard::shard_file_name(&self.cfg.split, open.index);
-        let path = self.cfg.out.join(&name);
-        fs::rename(&open.tmp, &path).map_err(|e| IngestError::io(&path, e))?;
-        sync_dir(&self.cfg.out).map_err(|e| IngestError::io(&self.cfg.out, e))?;
+        let path = self.dir.join(&name);
+        fs::rename(&open.tmp.0, &path).map_err(|e| IngestError::io(&path, e))?;
+        sync_dir(self.dir).map_err(|e| IngestError::io(self.dir, e))?;
         self.observer.shard_done(&name);
         self.shards.push((
             ShardEntry {

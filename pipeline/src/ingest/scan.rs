@@ -2,7 +2,10 @@
 //! with or without a labels CSV.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::IngestError;
@@ -31,7 +34,7 @@ pub struct Inputs {
     pub labels_without_file: Vec<String>,
 }
 
-/// Class folders nest at most this deep (guards against symlink loops).
+/// Class folders nest at most this deep.
 const MAX_DEPTH: usize = 32;
 
 fn is_hidden(name: &str) -> bool {
@@ -46,22 +49,40 @@ fn join_key(prefix: &str, name: &str) -> String {
     }
 }
 
-/// A directory's entries sorted by name, each with whether it is a directory (following
-/// symlinks; a broken link counts as a file, so that reading it reports the problem).
-fn entries(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>, IngestError> {
-    let read = |e| IngestError::io(dir, e);
+/// One directory entry. `name` is the UTF-8 name, or for a name that is not UTF-8 its bytes
+/// with the non-ASCII ones escaped (`\xff`), which keeps distinct names distinct.
+struct Entry {
+    name: String,
+    utf8: bool,
+    path: PathBuf,
+    /// Following symlinks; a broken link counts as a file, so that reading it reports the
+    /// problem.
+    is_dir: bool,
+}
+
+fn name_of(name: &OsStr) -> (String, bool) {
+    match name.to_str() {
+        Some(s) => (s.to_owned(), true),
+        None => (name.as_bytes().escape_ascii().to_string(), false),
+    }
+}
+
+/// A directory's entries sorted by name.
+fn entries(dir: &Path) -> std::io::Result<Vec<Entry>> {
     let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(read)? {
-        let entry = entry.map_err(read)?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
         let path = entry.path();
         let is_dir = fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
-        out.push((
-            entry.file_name().to_string_lossy().into_owned(),
+        let (name, utf8) = name_of(&entry.file_name());
+        out.push(Entry {
+            name,
+            utf8,
             path,
             is_dir,
-        ));
+        });
     }
-    out.sort();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
@@ -76,32 +97,76 @@ fn file(key: String, path: PathBuf, label: i32, problem: Option<String>) -> Inpu
     }
 }
 
+/// A folder that cannot be walked, listed among the inputs as rejected.
+fn bad_folder(key: String, path: PathBuf, why: String) -> InputFile {
+    InputFile {
+        key,
+        path,
+        size: 0,
+        label: -1,
+        problem: Some(why),
+    }
+}
+
+const NOT_UTF8: &str = "its name is not valid UTF-8 (keys are UTF-8); rename it";
+
+/// The folders from the class folder down to the one being walked, by (device, inode), to
+/// tell a symlink loop from a deep tree.
+type Ancestors = Vec<((u64, u64), String)>;
+
+/// Walks one class folder. A problem with a sub-folder (unreadable, a symlink loop, too
+/// deep) rejects that folder, listed like a bad file, and the walk goes on. `problem`
+/// rejects every file found (a class folder whose name is not UTF-8).
 fn walk_class(
     dir: &Path,
     prefix: &str,
     label: i32,
-    depth: usize,
+    problem: Option<&str>,
+    ancestors: &mut Ancestors,
     inputs: &mut Inputs,
-) -> Result<usize, IngestError> {
-    if depth > MAX_DEPTH {
-        return Err(IngestError::Source {
-            path: dir.to_owned(),
-            why: format!("folders nest deeper than {MAX_DEPTH} levels (a symlink loop?)"),
-        });
+) -> usize {
+    let reject = |inputs: &mut Inputs, why: String| {
+        inputs
+            .files
+            .push(bad_folder(prefix.to_owned(), dir.to_owned(), why));
+        1
+    };
+    // the input folder itself is the first ancestor
+    if ancestors.len() > MAX_DEPTH {
+        return reject(
+            inputs,
+            format!("folder nested deeper than {MAX_DEPTH} levels; not read"),
+        );
     }
+    let id = match fs::metadata(dir) {
+        Ok(m) => (m.dev(), m.ino()),
+        Err(e) => return reject(inputs, format!("unreadable folder: {e}")),
+    };
+    if let Some((_, key)) = ancestors.iter().find(|(a, _)| *a == id) {
+        return reject(inputs, format!("a symlink loop back to {key}; not read"));
+    }
+    let list = match entries(dir) {
+        Ok(list) => list,
+        Err(e) => return reject(inputs, format!("unreadable folder: {e}")),
+    };
+    ancestors.push((id, prefix.to_owned()));
     let mut count = 0;
-    for (name, path, is_dir) in entries(dir)? {
-        let key = join_key(prefix, &name);
-        if is_hidden(&name) {
+    for entry in list {
+        let key = join_key(prefix, &entry.name);
+        let problem = problem.or((!entry.utf8).then_some(NOT_UTF8));
+        if is_hidden(&entry.name) {
             inputs.hidden.push(key);
-        } else if is_dir {
-            count += walk_class(&path, &key, label, depth + 1, inputs)?;
+        } else if entry.is_dir {
+            count += walk_class(&entry.path, &key, label, problem, ancestors, inputs);
         } else {
-            inputs.files.push(file(key, path, label, None));
+            inputs
+                .files
+                .push(file(key, entry.path, label, problem.map(str::to_owned)));
             count += 1;
         }
     }
-    Ok(count)
+    ancestors.pop();
+    count
 }
 
 /// Scans `src`. A folder with sub-folders is read as `ROOT/CLASS/...`; one without is flat,
@@ -117,10 +182,10 @@ pub fn scan(src: &Path, labels_csv: Option<&Path>) -> Result<Inputs, IngestError
             why: "not a folder; --src takes ROOT with ROOT/CLASS/*.JPEG or a flat folder".into(),
         });
     }
-    let top = entries(src)?;
-    let class_layout = top
-        .iter()
-        .any(|(name, _, is_dir)| *is_dir && !is_hidden(name));
+    let top = entries(src).map_err(|e| IngestError::io(src, e))?;
+    // a link back to the input folder is a loop too
+    let root: Ancestors = vec![((meta.dev(), meta.ino()), "the input folder".into())];
+    let class_layout = top.iter().any(|e| e.is_dir && !is_hidden(&e.name));
     let mut inputs = Inputs::default();
     if class_layout {
         if let Some(csv) = labels_csv {
@@ -133,22 +198,44 @@ pub fn scan(src: &Path, labels_csv: Option<&Path>) -> Result<Inputs, IngestError
             });
         }
         inputs.labeled = true;
+        // A class whose name is not UTF-8 is not a class: its files are rejected, never
+        // merged with another class under a lossy name.
         inputs.classes = top
             .iter()
-            .filter(|(name, _, is_dir)| *is_dir && !is_hidden(name))
-            .map(|(name, _, _)| name.clone())
+            .filter(|e| e.is_dir && e.utf8 && !is_hidden(&e.name))
+            .map(|e| e.name.clone())
             .collect();
-        for (name, path, is_dir) in top {
-            if is_hidden(&name) {
-                inputs.hidden.push(name);
-            } else if is_dir {
-                let label = inputs.classes.binary_search(&name).expect("class listed") as i32;
-                if walk_class(&path, &name, label, 1, &mut inputs)? == 0 {
-                    inputs.empty_classes.push(name);
+        for entry in top {
+            if is_hidden(&entry.name) {
+                inputs.hidden.push(entry.name);
+            } else if entry.is_dir {
+                let (label, problem) = match inputs.classes.binary_search(&entry.name) {
+                    Ok(label) if entry.utf8 => (label as i32, None),
+                    _ => (
+                        -1,
+                        Some("in a class folder whose name is not valid UTF-8; rename it"),
+                    ),
+                };
+                let found = walk_class(
+                    &entry.path,
+                    &entry.name,
+                    label,
+                    problem,
+                    &mut root.clone(),
+                    &mut inputs,
+                );
+                if found == 0 {
+                    inputs.empty_classes.push(entry.name);
                 }
             } else {
-                let problem = Some("outside any class folder (ROOT/CLASS/file expected)".into());
-                inputs.files.push(file(name, path, -1, problem));
+                let problem = if entry.utf8 {
+                    "outside any class folder (ROOT/CLASS/file expected)"
+                } else {
+                    NOT_UTF8
+                };
+                inputs
+                    .files
+                    .push(file(entry.name, entry.path, -1, Some(problem.into())));
             }
         }
     } else {
@@ -163,12 +250,14 @@ pub fn scan(src: &Path, labels_csv: Option<&Path>) -> Result<Inputs, IngestError
                 .collect();
         }
         let mut listed = BTreeSet::new();
-        for (name, path, _) in top {
+        for entry in top {
+            let name = entry.name;
             if is_hidden(&name) {
                 inputs.hidden.push(name);
                 continue;
             }
             let (label, problem) = match &labels {
+                _ if !entry.utf8 => (-1, Some(NOT_UTF8.to_owned())),
                 None => (-1, None),
                 Some(map) => match map.get(&name) {
                     Some(class) => {
@@ -181,7 +270,7 @@ pub fn scan(src: &Path, labels_csv: Option<&Path>) -> Result<Inputs, IngestError
                     None => (-1, Some("not listed in the --labels CSV".to_owned())),
                 },
             };
-            inputs.files.push(file(name, path, label, problem));
+            inputs.files.push(file(name, entry.path, label, problem));
         }
         if let Some(labels) = labels {
             inputs.labels_without_file =
@@ -200,6 +289,8 @@ fn read_labels(path: &Path) -> Result<BTreeMap<String, String>, IngestError> {
         why,
     };
     let text = fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    // spreadsheet programs start their CSV with a byte-order mark
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut map = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();

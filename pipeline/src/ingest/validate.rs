@@ -6,11 +6,18 @@ use std::fs;
 use std::io::Cursor;
 use std::path::Path;
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::images::{TypedImage, TypedImageRef};
+use fast_image_resize::pixels::{U8, U8x3};
+use fast_image_resize::{FilterType, PixelTrait, ResizeAlg, ResizeOptions, Resizer};
 use image::{ImageFormat, ImageReader};
 
 use crate::jpeg::{JpegColor, JpegDecoder, JpegEncoder, Pixels, cmyk_to_rgb, has_adobe_marker};
+
+/// How every JPEG begins: start of image, then a marker.
+const JPEG_START: [u8; 3] = [0xFF, 0xD8, 0xFF];
+/// Enough of a file for every format signature `image` knows.
+const SNIFF_BYTES: usize = 64;
+const NOT_AN_IMAGE: &str = "not an image (content is no known image format)";
 
 /// Limits and encoding settings shared by all workers.
 #[derive(Debug, Clone, Copy)]
@@ -62,9 +69,11 @@ struct Raster<'a> {
 
 impl Validator {
     pub fn new(limits: Limits) -> Result<Self, crate::jpeg::JpegError> {
+        let mut decoder = JpegDecoder::new()?;
+        decoder.set_max_pixels(limits.max_pixels);
         Ok(Self {
             limits,
-            decoder: JpegDecoder::new()?,
+            decoder,
             encoder: JpegEncoder::new(limits.quality)?,
             resizer: Resizer::new(),
             pixels: Vec::new(),
@@ -72,23 +81,73 @@ impl Validator {
         })
     }
 
+    /// Reads and checks one input. Only regular files are read (a FIFO would block, a
+    /// device never end), their first bytes are sniffed before the rest is read, and a file
+    /// larger than any image within the pixel limit can be is not read at all.
     pub fn check_file(&mut self, path: &Path) -> Outcome {
-        match fs::read(path) {
+        match self.read_input(path) {
             Ok(data) => self.check(data),
-            Err(e) => Outcome::Rejected(format!("unreadable: {e}")),
+            Err(reason) => Outcome::Rejected(reason),
         }
+    }
+
+    fn read_input(&self, path: &Path) -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let unreadable = |e: std::io::Error| format!("unreadable: {e}");
+        // O_NONBLOCK: opening a FIFO for reading must not wait for a writer
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(unreadable)?;
+        let meta = file.metadata().map_err(unreadable)?;
+        if !meta.is_file() {
+            return Err("not a regular file (a device, FIFO or socket)".into());
+        }
+        let len = meta.len();
+        if len == 0 {
+            return Err("empty file (0 bytes)".into());
+        }
+        let mut data = Vec::with_capacity(SNIFF_BYTES);
+        file.by_ref()
+            .take(SNIFF_BYTES as u64)
+            .read_to_end(&mut data)
+            .map_err(unreadable)?;
+        if !data.starts_with(&JPEG_START) && image::guess_format(&data).is_err() {
+            return Err(NOT_AN_IMAGE.into());
+        }
+        let max_bytes = self.max_input_bytes();
+        if len > max_bytes {
+            return Err(format!(
+                "{len} bytes: larger than any image within the pixel limit can be \
+                 ({max_bytes} bytes at {} pixels, --max-pixels)",
+                self.limits.max_pixels
+            ));
+        }
+        data.reserve(len as usize - data.len());
+        file.read_to_end(&mut data).map_err(unreadable)?;
+        Ok(data)
+    }
+
+    /// An uncompressed 16-bit RGBA image at the pixel limit, and a megabyte of metadata.
+    fn max_input_bytes(&self) -> u64 {
+        self.limits
+            .max_pixels
+            .saturating_mul(8)
+            .saturating_add(1 << 20)
     }
 
     pub fn check(&mut self, data: Vec<u8>) -> Outcome {
         if data.is_empty() {
             return Outcome::Rejected("empty file (0 bytes)".into());
         }
-        if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        if data.starts_with(&JPEG_START) {
             return self.check_jpeg(data);
         }
         match image::guess_format(&data) {
             Ok(format) => self.check_other(&data, format),
-            Err(_) => Outcome::Rejected("not an image (content is no known image format)".into()),
+            Err(_) => Outcome::Rejected(NOT_AN_IMAGE.into()),
         }
     }
 
@@ -155,7 +214,17 @@ impl Validator {
 
     fn check_other(&mut self, data: &[u8], format: ImageFormat) -> Outcome {
         let name = format!("{format:?}").to_uppercase();
-        let reader = || ImageReader::with_format(Cursor::new(data), format);
+        // `image` refuses allocations over 512 MiB by default: a valid 13000x13000 RGBA PNG,
+        // within the pixel limit, would be called corrupt. The pixel limit is checked below,
+        // from the header alone, before anything is decoded.
+        let max_alloc = self.max_input_bytes();
+        let reader = || {
+            let mut reader = ImageReader::with_format(Cursor::new(data), format);
+            let mut limits = image::Limits::default();
+            limits.max_alloc = Some(max_alloc);
+            reader.limits(limits);
+            reader
+        };
         let (width, height) = match reader().into_dimensions() {
             Ok(d) => d,
             Err(e) => return Outcome::Rejected(format!("corrupt {name}: {e}")),
@@ -232,21 +301,33 @@ impl Validator {
     }
 
     fn resize(&mut self, raster: &Raster<'_>, w: u32, h: u32) -> Result<Vec<u8>, String> {
-        let pixel_type = if raster.gray {
-            PixelType::U8
+        // Typed per layout: the untyped `resize` would compile the resampler into this crate
+        // for all 13 pixel types.
+        if raster.gray {
+            resample::<U8>(&mut self.resizer, raster, w, h)
         } else {
-            PixelType::U8x3
-        };
-        let src = ImageRef::new(raster.width, raster.height, raster.pixels, pixel_type)
-            .map_err(|e| e.to_string())?;
-        let mut dst = Image::new(w, h, pixel_type);
-        // Lanczos3 convolution widens its support when downscaling: antialiased, like PIL.
-        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
-        self.resizer
-            .resize(&src, &mut dst, &options)
-            .map_err(|e| e.to_string())?;
-        Ok(dst.into_vec())
+            resample::<U8x3>(&mut self.resizer, raster, w, h)
+        }
     }
+}
+
+/// `raster` resampled to `w` x `h` with Lanczos3 convolution, which widens its support when
+/// downscaling: antialiased, like PIL.
+fn resample<P: PixelTrait>(
+    resizer: &mut Resizer,
+    raster: &Raster<'_>,
+    w: u32,
+    h: u32,
+) -> Result<Vec<u8>, String> {
+    let src = TypedImageRef::<P>::from_buffer(raster.width, raster.height, raster.pixels)
+        .map_err(|e| e.to_string())?;
+    let mut out = vec![0; w as usize * h as usize * P::size()];
+    let mut dst = TypedImage::<P>::from_buffer(w, h, &mut out).map_err(|e| e.to_string())?;
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    resizer
+        .resize_typed(&src, &mut dst, &options)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 /// The size that fits `width` x `height` within `max` on its longer side, aspect kept.

@@ -1,13 +1,11 @@
 //! The streaming loader on shards ingested from real photos: determinism across worker
 //! counts, exact resumption, rank sharding, epochs, bad data and bad shards.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::data::*;
 use dino_pipeline::augment::{Rgb, ViewMaker, draw_view};
 use dino_pipeline::batch::{Batch, Position};
 use dino_pipeline::dataset::Verify;
@@ -171,78 +169,65 @@ fn each_view_is_the_augmentation_of_its_sample_in_its_slot() {
     }
 }
 
+/// The views of slot `i` of a batch: its two globals and its locals, view-major.
+fn slot_views(b: &Batch, i: usize) -> Vec<&[u8]> {
+    let (g, l) = (b.shape.global_view_bytes(), b.shape.local_view_bytes());
+    let n = b.shape.batch_size;
+    let globals = (0..2).map(|v| &b.globals[(v * n + i) * g..][..g]);
+    let locals = (0..b.shape.local_crops).map(|v| &b.locals[(v * n + i) * l..][..l]);
+    globals.chain(locals).collect()
+}
+
 #[test]
 fn undecodable_samples_are_counted_and_replaced_deterministically() {
     let tmp = tempfile::tempdir().unwrap();
-    // A folder where two photos are damaged after ingest would have caught them: write the
-    // shards from good photos, then swap two rows' bytes for broken JPEGs in a new shard.
+    // A folder where photos are damaged after ingest would have caught them: write the
+    // shards from good photos, then swap rows' bytes for every kind of broken JPEG.
     let src = samples("crops", 120);
     let photos = jpeg_files(&src);
     let root = tmp.path().join("root/a");
     fs::create_dir_all(&root).unwrap();
-    for (i, p) in photos.iter().take(32).enumerate() {
+    for (i, p) in photos.iter().take(48).enumerate() {
         fs::copy(p, root.join(format!("{i:02}.JPEG"))).unwrap();
     }
     let dir = tmp.path().join("shards");
     let cfg = IngestConfig::new(tmp.path().join("root"), &dir);
     ingest::ingest(&cfg, &Quiet).unwrap();
-    let broken = corrupt_two_rows(&dir);
-
     let mut lcfg = config(&dir);
     lcfg.end_epoch = Some(1);
-    let mut loader = Loader::start(lcfg.clone()).unwrap();
-    let batches: Vec<Batch> = loader.by_ref().map(|b| (*b.unwrap()).clone()).collect();
-    assert_eq!(loader.stats().decode_failures, 2);
-    let replaced: BTreeSet<u64> = batches
-        .iter()
-        .flat_map(|b| {
-            b.indices
-                .iter()
-                .zip(&b.replaced)
-                .filter(|(_, r)| **r)
-                .map(|(i, _)| *i)
-        })
-        .collect();
-    assert_eq!(replaced, broken);
-    lcfg.workers = 4;
-    let again = collect(lcfg, usize::MAX);
-    assert!(again == batches, "replacement is deterministic");
-}
+    let clean = collect(lcfg.clone(), usize::MAX);
+    let broken = crate::corrupt::corrupt_rows(&dir);
 
-/// Rewrites the dataset's only shard with two rows' JPEGs broken (one truncated, one not a
-/// JPEG at all), updating the manifest's checksum; returns their global indices.
-fn corrupt_two_rows(dir: &Path) -> BTreeSet<u64> {
-    use dino_pipeline::shard::{self, Row, ShardWriter};
-    let mut manifest = Manifest::load(dir).unwrap().unwrap();
-    let split = manifest.splits.get_mut("train").unwrap();
-    assert_eq!(split.shards.len(), 1);
-    let path = dir.join(&split.shards[0].file);
-    let record = shard::read_record(&path, &shard::read_footer(&path).unwrap()).unwrap();
-    let rows = read_shard(&path);
-    let tmp = dir.join("rewrite.parquet");
-    let mut writer = ShardWriter::create(&tmp, 64 << 20).unwrap();
-    for (i, r) in rows.iter().enumerate() {
-        let jpeg = match i {
-            3 => r.jpeg[..r.jpeg.len() / 3].to_vec(),
-            17 => b"definitely not a JPEG".to_vec(),
-            _ => r.jpeg.clone(),
-        };
-        writer
-            .push(&Row {
-                key: r.key.clone(),
-                label: r.label,
-                jpeg,
-                width: r.width as u32,
-                height: r.height as u32,
-            })
-            .unwrap();
+    // 1 worker meets every broken file and then the next valid one; 4 share them out
+    for workers in [1, 4] {
+        lcfg.workers = workers;
+        let mut loader = Loader::start(lcfg.clone()).unwrap();
+        let batches: Vec<Batch> = loader.by_ref().map(|b| (*b.unwrap()).clone()).collect();
+        assert_eq!(loader.stats().decode_failures, broken.len() as u64);
+        let mut replaced = BTreeSet::new();
+        for (batch, clean) in batches.iter().zip(&clean) {
+            assert_eq!(batch.indices, clean.indices);
+            for i in 0..batch.indices.len() {
+                if batch.replaced[i] {
+                    replaced.insert(batch.indices[i]);
+                } else {
+                    // not poisoned by an earlier failure: the views of the clean shards
+                    assert!(
+                        slot_views(batch, i) == slot_views(clean, i),
+                        "{workers} worker(s): sample {} differs from the clean run",
+                        batch.indices[i]
+                    );
+                }
+            }
+        }
+        assert_eq!(replaced, broken, "{workers} worker(s)");
     }
-    let written = writer.finish(&record).unwrap();
-    fs::rename(&tmp, &path).unwrap();
-    split.shards[0].bytes = written.bytes;
-    split.shards[0].sha256 = written.sha256;
-    manifest.save(dir).unwrap();
-    [3, 17].into_iter().collect()
+    let again = collect(lcfg.clone(), usize::MAX);
+    lcfg.workers = 1;
+    assert!(
+        again == collect(lcfg, usize::MAX),
+        "replacement is deterministic"
+    );
 }
 
 #[test]

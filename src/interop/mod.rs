@@ -3,24 +3,20 @@
 //! `backbone.` + `head.`), and timm safetensors. PyTorch pickles are read here and nowhere
 //! else; everything else in the project reads safetensors.
 
-use std::path::{Path, PathBuf};
+mod pickle;
 
-use burn_store::pytorch::PytorchReader;
+use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, HostTensors};
 
+pub use pickle::PickleError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("{path}: not a readable PyTorch file: {why}")]
-    Pytorch { path: PathBuf, why: String },
+    #[error(transparent)]
+    Pytorch(#[from] PickleError),
     #[error(transparent)]
     Safetensors(#[from] checkpoint::CheckpointError),
-    #[error("{path}: tensor `{name}`: {why}")]
-    Tensor {
-        path: PathBuf,
-        name: String,
-        why: String,
-    },
     #[error(
         "{path}: has `teacher.*` tensors but no `student.*` ones (or the reverse); a full \
          training checkpoint holds both"
@@ -67,25 +63,7 @@ pub fn read(path: &Path) -> Result<Imported, ImportError> {
         let tensors = checkpoint::read_tensors(path)?;
         return backbone_only(path, Format::TimmSafetensors, tensors);
     }
-    let reader = PytorchReader::new(path).map_err(|e| ImportError::Pytorch {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })?;
-    let mut tensors = HostTensors::new();
-    for (name, snapshot) in reader.tensors() {
-        let fail = |why: String| ImportError::Tensor {
-            path: path.to_path_buf(),
-            name: name.clone(),
-            why,
-        };
-        let data = snapshot.to_data().map_err(|e| fail(e.to_string()))?;
-        let shape = data.shape.to_vec();
-        let values = data
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|e| fail(format!("{e:?}")))?;
-        tensors.insert(name.clone(), (shape, values));
-    }
+    let tensors = pickle::read(path)?;
     let has = |prefix: &str| tensors.keys().any(|k| k.starts_with(prefix));
     match (has("teacher."), has("student.")) {
         (true, true) => Ok(Imported {
@@ -105,7 +83,7 @@ fn read_head(path: &Path) -> Result<Vec<u8>, ImportError> {
     let io = |e: std::io::Error| {
         ImportError::Safetensors(checkpoint::CheckpointError::Io {
             path: path.to_path_buf(),
-            source: e,
+            err: e,
         })
     };
     let mut head = Vec::with_capacity(9);

@@ -855,7 +855,7 @@ fn folders_that_cannot_be_walked_are_rejected_and_the_ingest_goes_on() {
 }
 
 #[test]
-fn a_damaged_manifest_is_called_damaged() {
+fn a_damaged_manifest_is_called_damaged_and_causes_are_said_once() {
     let tmp = tempfile::tempdir().unwrap();
     let data = shards_copy(tmp.path());
     let path = data.join("manifest.json");
@@ -867,4 +867,11 @@ fn a_damaged_manifest_is_called_damaged() {
         "{err}"
     );
     assert!(!err.contains("use another output directory"), "{err}");
+    // an error names its cause once: no "Caused by:" repeating what the message says
+    assert_eq!(err.matches("invalid JSON").count(), 1, "{err}");
+    fs::remove_file(&path).unwrap();
+    fs::create_dir(&path).unwrap();
+    let err = dino_stream_err(&["inspect", path_str(&data)]);
+    assert_eq!(err.matches("Is a directory").count(), 1, "{err}");
+    assert!(!err.contains("Caused by"), "{err}");
 }

@@ -353,7 +353,7 @@ const CI_MODEL: [&str; 4] = [
 /// random initialization. Measured over seeds 0, 1 and 2 (this test runs seed 0) on a 2-core
 /// AVX2 machine: loss from 6.03-6.17 (first 20 steps) to 3.38-4.52 at its lowest; k-NN
 /// (k 20) trained 66.90 / 66.30 / 68.65 against 61.75 / 61.30 / 62.00 at init, a gain of
-/// +5.15 / +5.00 / +6.65. Training took 15 minutes of a clean CI run (median 65 images/s);
+/// +5.15 / +5.00 / +6.65. Training took 13-15 minutes of a clean CI run (median 65-77 images/s);
 /// the test profile trains as fast as a release build (README, "Tests and CI").
 #[test]
 fn fashion_mnist_training_beats_random_init() {

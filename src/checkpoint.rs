@@ -141,7 +141,7 @@ pub fn read_tensors(path: &Path) -> Result<HostTensors, CheckpointError> {
     Ok(out)
 }
 
-/// The backbone of a network's tensors, named as timm's `VisionTransformer` (the
+/// The backbone of a network's tensors under the backbone's own parameter paths (the
 /// `backbone.` prefix dropped, the head left out).
 pub fn backbone(network: &HostTensors) -> HostTensors {
     network

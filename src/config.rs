@@ -6,7 +6,7 @@ use std::path::Path;
 use dino_pipeline::augment::ViewSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{HeadConfig, VitConfig};
+use crate::model::{BackboneKind, HeadConfig, VitConfig};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -134,6 +134,49 @@ impl Default for ModelConfig {
             head_hidden_dim: 2048,
             head_bottleneck_dim: 256,
             norm_last_layer: true,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The backbone family `arch` names (validated when the config was parsed).
+    pub fn kind(&self) -> BackboneKind {
+        BackboneKind::of(&self.arch).expect("a parsed config names a known arch")
+    }
+
+    /// The network's shape in words, for messages.
+    pub fn describe(&self) -> String {
+        match self.kind() {
+            BackboneKind::Vit => {
+                let v = self.vit();
+                format!(
+                    "{} / patch {} (embed {}, depth {}, {} heads)",
+                    self.arch, v.patch_size, v.embed_dim, v.depth, v.num_heads
+                )
+            }
+        }
+    }
+
+    /// The ViT's shape (the config has been resolved: every shape key holds a value).
+    pub fn vit(&self) -> VitConfig {
+        let m = self;
+        let get = |v: Option<usize>| v.expect("a parsed config holds the ViT's shape");
+        VitConfig {
+            embed_dim: get(m.embed_dim),
+            depth: get(m.depth),
+            num_heads: get(m.num_heads),
+            mlp_ratio: 4,
+            patch_size: m.patch_size,
+            img_size: m.img_size,
+        }
+    }
+
+    pub fn head(&self) -> HeadConfig {
+        HeadConfig {
+            out_dim: self.out_dim,
+            hidden_dim: self.head_hidden_dim,
+            bottleneck_dim: self.head_bottleneck_dim,
+            norm_last_layer: self.norm_last_layer,
         }
     }
 }
@@ -412,32 +455,9 @@ impl Config {
         Ok(())
     }
 
-    /// The ViT's shape (the config has been resolved: every shape key holds a value).
-    pub fn vit(&self) -> VitConfig {
-        let m = &self.model;
-        let get = |v: Option<usize>| v.expect("a parsed config holds the ViT's shape");
-        VitConfig {
-            embed_dim: get(m.embed_dim),
-            depth: get(m.depth),
-            num_heads: get(m.num_heads),
-            mlp_ratio: 4,
-            patch_size: m.patch_size,
-            img_size: m.img_size,
-        }
-    }
-
-    pub fn head(&self) -> HeadConfig {
-        HeadConfig {
-            out_dim: self.model.out_dim,
-            hidden_dim: self.model.head_hidden_dim,
-            bottleneck_dim: self.model.head_bottleneck_dim,
-            norm_last_layer: self.model.norm_last_layer,
-        }
-    }
-
     fn validate(&self) -> Result<(), ConfigError> {
         let m = &self.model;
-        let vit = self.vit();
+        let vit = m.vit();
         within("model.patch_size", m.patch_size, 1, MAX_SIDE)?;
         within("model.img_size", m.img_size, m.patch_size, MAX_SIDE)?;
         multiple(

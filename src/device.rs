@@ -1,9 +1,48 @@
-//! Backends and devices: the code is generic over Burn's `AutodiffBackend`; the binary picks
-//! `Autodiff<Flex>` (CPU, always built) or `Autodiff<Cuda>` (the `cuda` feature) at run time.
+//! Backends, devices and backbones, named once.
+//!
+//! Everything that runs a network is generic over one of two backend bounds: an
+//! [`InferenceBackend`] (forward passes: knn, attention maps, export checks, the teacher) and
+//! a [`TrainingBackend`] (an autodiff backend over an inference one: the student). A backend
+//! extension (fused ops, mixed precision) adds its bound to these two traits and nowhere
+//! else. The binary picks the backend (`Flex` on the CPU, always built; `Cuda` with the `cuda`
+//! feature) and the backbone family at run time, in [`run_training`] and [`run_inference`].
 
 use std::fmt;
 use std::str::FromStr;
 
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+
+use crate::model::{Backbone, BackboneKind, VisionTransformer};
+
+/// The ops a forward pass needs.
+pub trait InferenceBackend: Backend {}
+impl<B: Backend> InferenceBackend for B {}
+
+/// The ops a training step needs: autodiff over an inference backend.
+pub trait TrainingBackend:
+    InferenceBackend + AutodiffBackend<InnerBackend: InferenceBackend>
+{
+}
+impl<A> TrainingBackend for A where
+    A: InferenceBackend + AutodiffBackend<InnerBackend: InferenceBackend>
+{
+}
+
+/// A backbone the student can be: its gradient-free copy (the teacher) is a backbone of the
+/// inner backend.
+pub trait TrainableBackbone<A: TrainingBackend>:
+    Backbone<A> + AutodiffModule<A, InnerModule: Backbone<A::InnerBackend>>
+{
+}
+impl<A, M> TrainableBackbone<A> for M
+where
+    A: TrainingBackend,
+    M: Backbone<A> + AutodiffModule<A, InnerModule: Backbone<A::InnerBackend>>,
+{
+}
+
+/// The training backends; their inner backends (`Flex`, `Cuda`) are the inference ones.
 pub type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
 #[cfg(feature = "cuda")]
 pub type Gpu = burn::backend::Autodiff<burn::backend::Cuda>;
@@ -14,9 +53,20 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("`{text}`: expected cpu, cuda or cuda:N")]
+    Parse { text: String },
+    #[error(
+        "{device}: this binary was built without CUDA; rebuild with `cargo build --release \
+         --features cuda`, or pass --device cpu"
+    )]
+    NoCuda { device: DeviceChoice },
+}
+
 impl FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, DeviceError> {
         match s {
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda(0)),
@@ -24,7 +74,7 @@ impl FromStr for DeviceChoice {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Self::Cuda)
-                .ok_or_else(|| format!("`{s}`: expected cpu, cuda or cuda:N")),
+                .ok_or_else(|| DeviceError::Parse { text: s.into() }),
         }
     }
 }
@@ -38,21 +88,84 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
-/// Runs `job` on the chosen backend; `job` is written once, generically.
-pub trait BackendJob {
+/// A job that trains: written once, generically, run on the chosen backend and backbone.
+pub trait TrainingJob {
     type Output;
-    fn run<A: burn::tensor::backend::AutodiffBackend>(self, device: A::Device) -> Self::Output;
+    fn run<A: TrainingBackend, M: TrainableBackbone<A>>(self, device: A::Device) -> Self::Output;
 }
 
-pub fn dispatch<J: BackendJob>(choice: DeviceChoice, job: J) -> Result<J::Output, String> {
-    match choice {
-        DeviceChoice::Cpu => Ok(job.run::<Cpu>(Default::default())),
-        #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda(n) => Ok(job.run::<Gpu>(burn::backend::cuda::CudaDevice::new(n))),
-        #[cfg(not(feature = "cuda"))]
-        DeviceChoice::Cuda(_) => Err(
-            "this binary was built without CUDA; rebuild with `cargo build --release --features cuda`"
-                .into(),
-        ),
+/// A job that only runs forward passes.
+pub trait InferenceJob {
+    type Output;
+    fn run<B: InferenceBackend, M: Backbone<B>>(self, device: B::Device) -> Self::Output;
+}
+
+/// Runs `job` on the chosen device with the chosen backbone family: the one place where a
+/// training job learns its backend and backbone types (and so where a list of devices and a
+/// precision will be given).
+pub fn run_training<J: TrainingJob>(
+    choice: DeviceChoice,
+    kind: BackboneKind,
+    job: J,
+) -> Result<J::Output, DeviceError> {
+    fn on<A: TrainingBackend, J: TrainingJob>(
+        kind: BackboneKind,
+        job: J,
+        device: A::Device,
+    ) -> J::Output {
+        match kind {
+            BackboneKind::Vit => job.run::<A, VisionTransformer<A>>(device),
+        }
     }
+    match choice {
+        DeviceChoice::Cpu => Ok(on::<Cpu, J>(kind, job, Default::default())),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(n) => Ok(on::<Gpu, J>(
+            kind,
+            job,
+            burn::backend::cuda::CudaDevice::new(n),
+        )),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(_) => Err(DeviceError::NoCuda { device: choice }),
+    }
+}
+
+/// A job for a backbone type it names itself (a feature only one backbone has).
+pub trait BackendJob {
+    type Output;
+    fn run<B: InferenceBackend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Runs `job` on the chosen device's inference backend.
+pub fn run_on_backend<J: BackendJob>(
+    choice: DeviceChoice,
+    job: J,
+) -> Result<J::Output, DeviceError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(job.run::<burn::backend::Flex>(Default::default())),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(n) => {
+            Ok(job.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(n)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(_) => Err(DeviceError::NoCuda { device: choice }),
+    }
+}
+
+/// Runs `job` on the chosen device's inference backend with the chosen backbone family.
+pub fn run_inference<J: InferenceJob>(
+    choice: DeviceChoice,
+    kind: BackboneKind,
+    job: J,
+) -> Result<J::Output, DeviceError> {
+    struct Pick<J>(BackboneKind, J);
+    impl<J: InferenceJob> BackendJob for Pick<J> {
+        type Output = J::Output;
+        fn run<B: InferenceBackend>(self, device: B::Device) -> J::Output {
+            match self.0 {
+                BackboneKind::Vit => self.1.run::<B, VisionTransformer<B>>(device),
+            }
+        }
+    }
+    run_on_backend(choice, Pick(kind, job))
 }

@@ -6,6 +6,8 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 
+use crate::device::InferenceBackend;
+
 pub struct DinoLoss<B: Backend> {
     pub student_temp: f64,
     pub center_momentum: f64,
@@ -22,7 +24,7 @@ pub struct TeacherStats {
     pub marginal_entropy: f64,
 }
 
-impl<B: Backend> DinoLoss<B> {
+impl<B: InferenceBackend> DinoLoss<B> {
     pub fn new(
         out_dim: usize,
         student_temp: f64,
@@ -49,7 +51,7 @@ impl<B: Backend> DinoLoss<B> {
     }
 }
 
-impl<B: Backend> DinoLoss<B> {
+impl<B: InferenceBackend> DinoLoss<B> {
     /// The loss for `student_out` [V*B, K] (view-major: global 1, global 2, then the locals)
     /// against teacher `targets` [2*B, K]. Averaged over the 2*(V-1) (teacher view i, student
     /// view v != i) pairs and over the batch.
@@ -70,7 +72,7 @@ impl<B: Backend> DinoLoss<B> {
 }
 
 /// Entropies of the teacher targets [2B, K].
-pub fn teacher_stats<B: Backend>(targets: Tensor<B, 2>) -> TeacherStats {
+pub fn teacher_stats<B: InferenceBackend>(targets: Tensor<B, 2>) -> TeacherStats {
     let entropy = |p: Tensor<B, 2>| -> f64 {
         let rows = p.dims()[0];
         let plogp = p.clone() * p.clamp_min(1e-30).log();

@@ -1,15 +1,17 @@
-//! AdamW as the recipe uses it, written out because its schedules change per iteration
-//! what Burn's optimizer fixes at build time.
+//! The optimizer pipeline, in the order a step runs it: the gradients of a backward pass are
+//! collected per tensor ([`Gradients`]), pass through transforms (an all-reduce across
+//! devices, the trainer's `cancel_gradients_last_layer`, per-tensor clipping), then an update
+//! rule applies them. AdamW is the rule the recipe uses, written out because its schedules
+//! change per iteration what Burn's optimizer fixes at build time.
 //!
-//! Per step and per trainable tensor (PyTorch's `AdamW`, decoupled decay):
-//! the gradient's L2 norm is capped at `clip` (the official per-tensor `clip_gradients`),
+//! AdamW per step and per tensor with a gradient (PyTorch's `AdamW`, decoupled decay):
 //! `p *= 1 - lr * wd` for decayed tensors only, then the Adam update with bias correction.
 //! Each tensor counts its own steps, so a tensor frozen for a while (the last layer in the
 //! first epoch) starts its bias correction when it first moves, as in PyTorch.
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
@@ -27,17 +29,6 @@ pub struct Moments<B: Backend> {
     pub step: u64,
 }
 
-/// The settings of one step.
-#[derive(Clone, Copy, Debug)]
-pub struct Step {
-    pub lr: f64,
-    pub weight_decay: f64,
-    /// per-tensor gradient norm cap; 0 disables
-    pub clip: f64,
-    /// the last layer's gradients are dropped (`freeze_last_layer`)
-    pub freeze_last_layer: bool,
-}
-
 /// The recipe's decay groups: no decay for biases and 1-D tensors (norms), decay for the rest
 /// (`cls_token`, `pos_embed`, the patch embedding and the head included).
 pub fn decays(name: &str, ndim: usize) -> bool {
@@ -52,8 +43,80 @@ pub fn clip_norm<B: Backend>(g: Tensor<B, 1>, clip: f64) -> Tensor<B, 1> {
     g * coef
 }
 
-pub fn is_last_layer(name: &str) -> bool {
-    name.contains("last_layer")
+/// One backward pass's gradients, flattened, by parameter name, on the inner backend.
+/// Tensors without one (frozen, or not reached by the loss) are absent, and an update rule
+/// leaves them as they are.
+pub struct Gradients<B: Backend> {
+    pub by_name: BTreeMap<String, Tensor<B, 1>>,
+}
+
+impl<B: Backend> Gradients<B> {
+    /// The gradients of `module`'s trainable parameters in `grads`.
+    pub fn collect<A, M>(module: &M, grads: &A::Gradients) -> Self
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+        M: Module<A>,
+    {
+        let mut visitor = Collect::<A> {
+            path: Path::default(),
+            grads,
+            out: BTreeMap::new(),
+        };
+        module.visit(&mut visitor);
+        Self {
+            by_name: visitor.out,
+        }
+    }
+
+    /// Drops the gradients of the tensors `cancel` names: they are not updated this step.
+    pub fn cancel(&mut self, cancel: impl Fn(&str) -> bool) {
+        self.by_name.retain(|name, _| !cancel(name));
+    }
+
+    /// The official per-tensor `clip_gradients` (see [`clip_norm`]).
+    pub fn clip_per_tensor(&mut self, clip: f64) {
+        for g in self.by_name.values_mut() {
+            *g = clip_norm(g.clone(), clip);
+        }
+    }
+}
+
+struct Collect<'a, A: AutodiffBackend> {
+    path: Path,
+    grads: &'a A::Gradients,
+    out: BTreeMap<String, Tensor<A::InnerBackend, 1>>,
+}
+
+impl<A: AutodiffBackend> ModuleVisitor<A> for Collect<'_, A> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+        let value = param.val();
+        if !value.is_require_grad() {
+            return;
+        }
+        if let Some(grad) = value.grad(self.grads) {
+            self.out
+                .insert(self.path.name(), grad.flatten::<1>(0, D - 1));
+        }
+    }
+}
+
+/// Where gradients meet across devices before any other transform (the official DDP
+/// all-reduce, averaging over ranks).
+pub trait GradientSync<B: Backend> {
+    fn all_reduce_mean(&mut self, grads: &mut Gradients<B>);
+}
+
+/// A run on one device: its gradients are already the mean over the whole batch.
+pub struct OneDevice;
+
+impl<B: Backend> GradientSync<B> for OneDevice {
+    fn all_reduce_mean(&mut self, _: &mut Gradients<B>) {}
 }
 
 #[derive(Default)]
@@ -62,18 +125,18 @@ pub struct AdamW<B: Backend> {
 }
 
 impl<B: Backend> AdamW<B> {
-    /// Updates the parameters of `module` from `grads`; tensors without a gradient (frozen,
-    /// or not reached by the loss) are left as they are, moments included.
-    pub fn step<A, M>(&mut self, module: M, grads: &A::Gradients, step: Step) -> M
+    /// Updates the parameters of `module` that have a gradient in `grads`.
+    pub fn update<A, M>(&mut self, module: M, grads: Gradients<B>, lr: f64, weight_decay: f64) -> M
     where
         A: AutodiffBackend<InnerBackend = B>,
         M: Module<A>,
     {
         let mut mapper = Updater::<A> {
             path: Path::default(),
-            grads,
+            grads: grads.by_name,
             state: &mut self.state,
-            step,
+            lr,
+            weight_decay,
         };
         module.map(&mut mapper)
     }
@@ -81,9 +144,10 @@ impl<B: Backend> AdamW<B> {
 
 struct Updater<'a, A: AutodiffBackend> {
     path: Path,
-    grads: &'a A::Gradients,
+    grads: BTreeMap<String, Tensor<A::InnerBackend, 1>>,
     state: &'a mut BTreeMap<String, Moments<A::InnerBackend>>,
-    step: Step,
+    lr: f64,
+    weight_decay: f64,
 }
 
 impl<A: AutodiffBackend> ModuleMapper<A> for Updater<'_, A> {
@@ -97,26 +161,12 @@ impl<A: AutodiffBackend> ModuleMapper<A> for Updater<'_, A> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<A, D>>) -> Param<Tensor<A, D>> {
         let (id, value, mapper) = param.consume();
         let name = self.path.name();
-        let grad =
-            if !value.is_require_grad() || (self.step.freeze_last_layer && is_last_layer(&name)) {
-                None
-            } else {
-                value.grad(self.grads)
-            };
-        let Some(grad) = grad else {
+        let Some(g) = self.grads.remove(&name) else {
             return Param::from_mapped_value(id, value, mapper);
         };
         let shape = value.dims();
         let p = value.inner().flatten::<1>(0, D - 1);
-        let g = grad.flatten::<1>(0, D - 1);
-        let g = if self.step.clip > 0.0 {
-            clip_norm(g, self.step.clip)
-        } else {
-            g
-        };
-        let Step {
-            lr, weight_decay, ..
-        } = self.step;
+        let (lr, weight_decay) = (self.lr, self.weight_decay);
         let p = if decays(&name, D) && weight_decay != 0.0 {
             p * (1.0 - lr * weight_decay)
         } else {

@@ -27,7 +27,6 @@ impl Path {
 pub struct Flat<B: Backend> {
     pub shape: Vec<usize>,
     pub value: Tensor<B, 1>,
-    pub trainable: bool,
 }
 
 struct Collect<B: Backend> {
@@ -46,7 +45,6 @@ impl<B: Backend> ModuleVisitor<B> for Collect<B> {
         let value = param.val();
         let flat = Flat {
             shape: value.dims().to_vec(),
-            trainable: param.is_require_grad(),
             value: value.flatten(0, D - 1),
         };
         self.out.insert(self.path.name(), flat);
@@ -130,28 +128,46 @@ pub fn from_host<B: Backend>(values: &[f32], device: &B::Device) -> Tensor<B, 1>
     Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
 }
 
+/// Why named tensors do not fit a module.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("tensor `{name}` is missing")]
+    Missing { name: String },
+    #[error("tensor `{name}` has shape {shape:?}, the model needs {expected:?}")]
+    Shape {
+        name: String,
+        shape: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("unexpected tensor `{name}`")]
+    Unexpected { name: String },
+}
+
 /// `module` with every parameter taken from `tensors` (host f32). Strict: every name must be
 /// there with the same shape and every tensor must be used; the error names the tensor.
 pub fn load<B: Backend, M: Module<B>>(
     module: M,
     tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     device: &B::Device,
-) -> Result<M, String> {
+) -> Result<M, LoadError> {
     let expected = collect(&module);
     for (name, flat) in &expected {
         match tensors.get(name) {
-            None => return Err(format!("tensor `{name}` is missing")),
+            None => return Err(LoadError::Missing { name: name.clone() }),
             Some((shape, _)) if *shape != flat.shape => {
-                return Err(format!(
-                    "tensor `{name}` has shape {shape:?}, the model needs {:?}",
-                    flat.shape
-                ));
+                return Err(LoadError::Shape {
+                    name: name.clone(),
+                    shape: shape.clone(),
+                    expected: flat.shape.clone(),
+                });
             }
             Some(_) => {}
         }
     }
     if let Some(extra) = tensors.keys().find(|k| !expected.contains_key(*k)) {
-        return Err(format!("unexpected tensor `{extra}`"));
+        return Err(LoadError::Unexpected {
+            name: extra.clone(),
+        });
     }
     Ok(replace(module, |name, _| {
         from_host(&tensors[name].1, device)

@@ -11,7 +11,7 @@ use dino_stream::checkpoint::{self, HostTensors, Which};
 use dino_stream::config::Config;
 use dino_stream::eval::Weights;
 use dino_stream::eval::attention::{cls_attention, threshold_mask};
-use dino_stream::model::Dino;
+use dino_stream::model::{Backbone, Dino, VisionTransformer};
 use dino_stream::params;
 
 fn fixtures() -> PathBuf {
@@ -98,7 +98,7 @@ fn cls_of(dir: &Path, which: Which) -> Vec<f32> {
     let device = Default::default();
     let vit = Weights::open(dir, which, false)
         .unwrap()
-        .build::<Flex>(&device)
+        .build::<Flex, VisionTransformer<Flex>>(&device)
         .unwrap();
     let x = Tensor::<Flex, 4>::from_data(
         TensorData::new(input.clone(), [shape[0], shape[1], shape[2], shape[3]]),
@@ -173,7 +173,7 @@ fn import_reads_every_official_format_exactly() {
         );
         assert!(!config.model.norm_last_layer);
         let device = Default::default();
-        let dino = Dino::<Flex>::new(&config.vit(), &config.head(), 0, &device);
+        let dino = Dino::<Flex, VisionTransformer<Flex>>::new(&config.model, 0, &device);
         let dino = params::load(dino, &network, &device).unwrap();
         let features = Tensor::<Flex, 2>::from_data(TensorData::new(cls, [2, 24]), &device);
         let out = dino
@@ -293,7 +293,9 @@ fn attention_maps_and_masks() {
     // CLS entry, and the mask keeps the largest patches up to 60% of the mass
     let weights = Weights::open(&dir, Which::Teacher, false).unwrap();
     let device = Default::default();
-    let vit = weights.build::<Flex>(&device).unwrap();
+    let vit = weights
+        .build::<Flex, VisionTransformer<Flex>>(&device)
+        .unwrap();
     let x = Tensor::<Flex, 4>::random(
         [1, 3, 64, 64],
         burn::tensor::Distribution::Normal(0.0, 1.0),

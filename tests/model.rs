@@ -10,12 +10,16 @@ use burn::module::{AutodiffModule, Module, Param};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use dino_stream::checkpoint::{HostTensors, read_tensors};
+use dino_stream::config::ModelConfig;
 use dino_stream::device::Cpu;
 use dino_stream::loss::DinoLoss;
-use dino_stream::model::{Dino, DinoHead, HeadConfig, Init, VisionTransformer, VitConfig};
-use dino_stream::optim::{AdamW, Step, clip_norm, decays};
+use dino_stream::model::{
+    Backbone, Dino, DinoHead, HeadConfig, Init, VisionTransformer, VitConfig,
+};
+use dino_stream::optim::{AdamW, Gradients, clip_norm, decays};
 use dino_stream::params;
 use dino_stream::schedule::{Cosine, TeacherTemp};
+use dino_stream::train::step::cancel_gradients_last_layer;
 
 type Inner = <Cpu as AutodiffBackend>::InnerBackend;
 
@@ -88,6 +92,50 @@ fn vit_matches_timm_and_dino_interpolation_at_three_resolutions() {
         let cls = values(vit.forward(x, None));
         let diff = max_diff(&cls, &r[&format!("cls{res}")].1, 1.0);
         assert!(diff <= 1e-4, "{res} px: CLS differs by {diff}");
+    }
+}
+
+/// The official `get_intermediate_layers(x, n)`: block i's output through the final norm,
+/// for the last n blocks. Block 0's equals the output of the same ViT cut after block 0,
+/// and the last one is the network's own feature.
+#[test]
+fn intermediate_features_are_each_blocks_cls_through_the_final_norm() {
+    let r = reference();
+    let vit = reference_vit(&r);
+    let cut = {
+        let cfg = VitConfig {
+            embed_dim: 48,
+            depth: 1,
+            num_heads: 3,
+            mlp_ratio: 4,
+            patch_size: 8,
+            img_size: 32,
+        };
+        let device = Default::default();
+        let one = VisionTransformer::new(&cfg, &mut Init::new(0), &device);
+        let first_block = subset(&r, "vit.", str::to_string)
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("blocks.1."))
+            .collect();
+        params::load(one, &first_block, &device).unwrap()
+    };
+    for res in [32, 48] {
+        let x = tensor::<4>(&r, &format!("x{res}"));
+        let layers = vit.intermediate_features(x.clone(), 2);
+        assert_eq!(layers.len(), 2);
+        assert_eq!(
+            values(layers[0].clone()),
+            values(cut.forward(x.clone(), None))
+        );
+        assert_eq!(
+            values(layers[1].clone()),
+            values(vit.forward(x.clone(), None))
+        );
+        let last = vit.intermediate_features(x.clone(), 1);
+        assert_eq!(last.len(), 1);
+        assert_eq!(values(last[0].clone()), values(layers[1].clone()));
+        // more layers than blocks: all of them, as the official slicing gives
+        assert_eq!(vit.intermediate_features(x, 5).len(), 2);
     }
 }
 
@@ -205,13 +253,8 @@ fn adamw_matches_torch_with_per_step_lr_and_weight_decay() {
         let loss = (pair.w.val() * gw).sum() + (pair.b.val() * gb).sum();
         let grads = loss.backward();
         let (lr, weight_decay) = if k < 2 { (0.01, 0.04) } else { (0.005, 0.1) };
-        let step = Step {
-            lr,
-            weight_decay,
-            clip: 0.0,
-            freeze_last_layer: false,
-        };
-        pair = adamw.step(pair, &grads, step);
+        let grads = Gradients::collect(&pair, &grads);
+        pair = adamw.update(pair, grads, lr, weight_decay);
         for (name, got) in [("w", values(pair.w.val())), ("b", values(pair.b.val()))] {
             let diff = max_diff(&got, &r[&format!("adamw.{name}_after{k}")].1, 1.0);
             assert!(diff <= 1e-6, "step {k}, {name}: differs by {diff}");
@@ -288,22 +331,21 @@ fn schedules_match_the_official_formulas() {
     }
 }
 
-fn small_dino(norm_last_layer: bool) -> Dino<Cpu> {
-    let vit = VitConfig {
-        embed_dim: 24,
-        depth: 2,
-        num_heads: 2,
-        mlp_ratio: 4,
+fn small_dino(norm_last_layer: bool) -> Dino<Cpu, VisionTransformer<Cpu>> {
+    let cfg = ModelConfig {
+        arch: "custom".into(),
+        embed_dim: Some(24),
+        depth: Some(2),
+        num_heads: Some(2),
         patch_size: 8,
         img_size: 16,
-    };
-    let head = HeadConfig {
         out_dim: 16,
-        hidden_dim: 32,
-        bottleneck_dim: 8,
+        head_hidden_dim: 32,
+        head_bottleneck_dim: 8,
         norm_last_layer,
+        ..Default::default()
     };
-    Dino::new(&vit, &head, 3, &Default::default())
+    Dino::new(&cfg, 3, &Default::default())
 }
 
 #[test]
@@ -354,14 +396,13 @@ fn frozen_last_layer_keeps_weights_and_optimizer_state() {
         let mut adamw = AdamW::default();
         for freeze in [true, false] {
             let out = model.forward(vec![(x.clone(), None)]);
-            let grads = out.square().mean().backward();
-            let step = Step {
-                lr: 0.01,
-                weight_decay: 0.04,
-                clip: 3.0,
-                freeze_last_layer: freeze,
-            };
-            model = adamw.step(model, &grads, step);
+            let mut grads = Gradients::collect(&model, &out.square().mean().backward());
+            // the trainer's transforms, in its order
+            if freeze {
+                cancel_gradients_last_layer(&mut grads);
+            }
+            grads.clip_per_tensor(3.0);
+            model = adamw.update(model, grads, 0.01, 0.04);
             let after = params::to_host(&params::collect(&model.valid()));
             for (name, (_, values)) in &after {
                 let moved = values != &before[name].1;

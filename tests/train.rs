@@ -8,7 +8,13 @@ use std::sync::OnceLock;
 use crate::common::{
     dino_stream, dino_stream_err, dino_stream_ok, metrics_lines, path_str, samples,
 };
+use dino_pipeline::loader::Loader;
 use dino_stream::checkpoint::{self, Checkpoint};
+use dino_stream::config::Config;
+use dino_stream::device::Cpu;
+use dino_stream::images::Images;
+use dino_stream::model::VisionTransformer;
+use dino_stream::train::{self, bench};
 
 /// A tiny model on 32 px crops: a step takes a few tens of milliseconds on 2 cores.
 pub const TINY: &str = r#"
@@ -267,6 +273,12 @@ fn config_errors_name_the_key() {
     assert!(err.contains("unknown field `warmup_epoch`"), "{err}");
     let err = dino_stream_err(&train_args(&run, &["--set", "model.embed_dim=25"]));
     assert!(err.contains("model.embed_dim"), "{err}");
+    // a named arch fixes the shape: TINY's explicit embed_dim contradicts vit_tiny's
+    let err = dino_stream_err(&train_args(&run, &["--set", "model.arch=vit_tiny"]));
+    assert!(
+        err.contains("model.embed_dim") && err.contains("contradicts arch `vit_tiny`"),
+        "{err}"
+    );
     let err = dino_stream_err(&train_args(&run, &["--set", "data.local_crop_size=12"]));
     assert!(err.contains("data.local_crop_size"), "{err}");
     let err = dino_stream_err(&train_args(&run, &["--set", "optim.lr=fast"]));
@@ -276,7 +288,10 @@ fn config_errors_name_the_key() {
     #[cfg(not(feature = "cuda"))]
     {
         let err = dino_stream_err(&train_args(&run, &["--device", "cuda"]));
-        assert!(err.contains("--features cuda"), "{err}");
+        assert!(
+            err.contains("cuda:0") && err.contains("--features cuda"),
+            "{err}"
+        );
     }
 }
 
@@ -335,4 +350,66 @@ fn resume_refuses_another_config_and_a_second_run_in_the_same_dir() {
     let fresh = run_dir(TINY);
     let err = dino_stream_err(&train_args(&fresh, &["--resume"]));
     assert!(err.contains("no checkpoint"), "{err}");
+}
+
+/// `benches/train_step.rs` times the trainer's own step: on the batches the trainer saw,
+/// `train::bench::time_steps` gives the trainer's losses, bit for bit.
+#[test]
+fn the_bench_step_is_the_trainers_step() {
+    let run = run_dir(TINY);
+    dino_stream_ok(&train_args(&run, &["--set", "run.max_steps=3"]));
+    let trained: Vec<f64> = losses(&run).into_iter().map(|(_, loss)| loss).collect();
+    assert_eq!(trained.len(), 3);
+
+    let cfg = Config::load(Some(&run.config), &[]).unwrap();
+    let mut loader =
+        Loader::start(train::loader_config(&cfg, shards(), Default::default())).unwrap();
+    let per_epoch = loader.batches_per_epoch();
+    let device = Default::default();
+    let images = || Images::from_batch(&loader.next().unwrap().unwrap(), &device);
+    let timings = bench::time_steps::<Cpu, VisionTransformer<Cpu>>(
+        &cfg,
+        0,
+        per_epoch,
+        (0, 3),
+        images,
+        &device,
+    );
+    // the loss is an f32 on the device; serde_json's float parsing (without its
+    // float_roundtrip feature) may move the f64 it wrote by an ulp, never the f32
+    let bits = |v: &[f64]| v.iter().map(|&l| (l as f32).to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&timings.losses),
+        bits(&trained),
+        "{:?} vs {trained:?}",
+        timings.losses
+    );
+}
+
+/// A checkpoint written before the backbone trait (tests/fixtures/checkpoint-v1, by
+/// tools/gen-checkpoint-fixture.sh at a535111) still resumes, and the next steps give the
+/// losses that version computed (within 1e-5 relative: the fixture comes from another
+/// machine, whose matrix kernels may round differently).
+#[test]
+fn a_checkpoint_of_the_first_format_resumes_where_its_version_left_off() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoint-v1");
+    let expected: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(fixture.join("expected.json")).unwrap()).unwrap();
+    let run = run_dir(&fs::read_to_string(fixture.join("run.toml")).unwrap());
+    let ckpt = run.out.join("checkpoints/step-00000003");
+    fs::create_dir_all(&ckpt).unwrap();
+    for entry in fs::read_dir(fixture.join("step-00000003")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), ckpt.join(entry.file_name())).unwrap();
+    }
+    dino_stream_ok(&train_args(&run, &["--resume"]));
+    let resumed = losses(&run);
+    assert_eq!(resumed.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [4, 5]);
+    for (step, loss) in resumed {
+        let want = expected["losses"][step.to_string()].as_f64().unwrap();
+        assert!(
+            ((loss - want) / want).abs() <= 1e-5,
+            "step {step}: loss {loss}, the first format's version had {want}"
+        );
+    }
 }

@@ -20,6 +20,15 @@ command -v cargo >/dev/null || {
 tools/install-build-deps.sh
 samples=$cache/samples/crops-1000
 bash tools/fetch-sample-data.sh "$samples" crops 1000
+# Built once up front with cargo's progress shown: the first release build compiles Burn and
+# its dependencies (about 13 minutes on a fresh 2-core machine), which a quiet `cargo run`
+# would pass in silence; later runs reuse it.
+if [ -x "${CARGO_TARGET_DIR:-target}/release/dino-stream" ]; then
+  echo "[quickstart] building dino-stream (release; up to date in seconds)" >&2
+else
+  echo "[quickstart] building dino-stream (release): the first build takes about 13 minutes on 2 cores" >&2
+fi
+cargo build --release --locked -p dino-stream
 dino_stream() { cargo run --quiet --release --locked -p dino-stream -- "$@"; }
 dino_stream ingest --src "$samples" --out "$run_dir/shards"
 dino_stream inspect "$run_dir/shards" --verify

@@ -8,7 +8,7 @@ use arrow_array::{Array, BinaryArray, Int32Array, RecordBatch, StringArray};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::{Manifest, ManifestError, SplitEntry};
 use crate::shard::{self, COL_JPEG, COL_KEY, COL_LABEL, ShardError};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,24 +67,37 @@ pub struct Columns {
     pub jpegs: BinaryArray,
 }
 
+/// The manifest's entry for `split` of the shard folder `dir` (what a run's checkpoints
+/// record of its data, and what [`Dataset::open`] reads).
+pub fn split_entry(dir: &Path, split: &str) -> Result<SplitEntry, DatasetError> {
+    manifest_split(dir, split).map(|(_, entry)| entry)
+}
+
+/// The manifest of `dir` and, taken out of it, the entry for `split`.
+fn manifest_split(dir: &Path, split: &str) -> Result<(Manifest, SplitEntry), DatasetError> {
+    let mut manifest = Manifest::load(dir)?.ok_or_else(|| DatasetError::NoManifest {
+        dir: dir.to_owned(),
+    })?;
+    let available = manifest
+        .splits
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let entry = manifest
+        .splits
+        .remove(split)
+        .ok_or_else(|| DatasetError::NoSplit {
+            dir: dir.to_owned(),
+            split: split.to_owned(),
+            available,
+        })?;
+    Ok((manifest, entry))
+}
+
 impl Dataset {
     pub fn open(dir: &Path, split: &str, verify: Verify) -> Result<Self, DatasetError> {
-        let manifest = Manifest::load(dir)?.ok_or_else(|| DatasetError::NoManifest {
-            dir: dir.to_owned(),
-        })?;
-        let entry = manifest
-            .splits
-            .get(split)
-            .ok_or_else(|| DatasetError::NoSplit {
-                dir: dir.to_owned(),
-                split: split.to_owned(),
-                available: manifest
-                    .splits
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
+        let (manifest, entry) = manifest_split(dir, split)?;
         let mut shards = Vec::new();
         let mut row_groups = Vec::new();
         let mut first = 0u64;

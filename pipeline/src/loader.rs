@@ -519,7 +519,7 @@ struct Worker {
     jobs: Receiver<Job>,
     done: Sender<Done>,
     stats: Arc<Stats>,
-    /// Keys of samples already reported as undecodable (touched only on failures).
+    /// Global indices of samples already reported as undecodable (touched only on failures).
     logged: Arc<Mutex<HashSet<u64>>>,
 }
 

@@ -5,16 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use dino_pipeline::augment::{CropBox, Rgb, ViewMaker};
 use dino_pipeline::jpeg::{DEFAULT_MAX_PIXELS, JpegDecoder};
 use plotters::prelude::{Color, ColorMap, ViridisRGB};
 
 use crate::checkpoint::Which;
-use crate::device::{self, BackendJob, DeviceChoice};
+use crate::device::{self, BackendJob, DeviceChoice, InferenceBackend};
 use crate::eval::Weights;
 use crate::eval::attention::{AttentionMaps, cls_attention, threshold_mask};
 use crate::images;
+use crate::model::{BackboneKind, VisionTransformer};
 
 /// Attention maps of a checkpoint's backbone on one image (DINO's visualize_attention.py).
 ///
@@ -64,6 +64,13 @@ fn parse_share(text: &str) -> Result<f32, String> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let weights = Weights::open(&args.checkpoint, args.which, false)?;
+    if weights.config.model.kind() != BackboneKind::Vit {
+        anyhow::bail!(
+            "{}: attention maps need a ViT backbone; model.arch `{}` has no attention",
+            weights.dir.display(),
+            weights.config.model.arch
+        );
+    }
     let patch = weights.config.model.patch_size;
     let side = args.size as usize - args.size as usize % patch;
     if side == 0 {
@@ -73,15 +80,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let image = read_image(&args.image, args.size, side)?;
-    let maps = device::dispatch(
+    let maps = device::run_on_backend(
         args.device,
         Job {
             weights: &weights,
             image: &image,
             side,
         },
-    )
-    .map_err(anyhow::Error::msg)??;
+    )??;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let scale = side / maps.grid_h;
@@ -134,13 +140,14 @@ struct Job<'a> {
 
 impl BackendJob for Job<'_> {
     type Output = anyhow::Result<AttentionMaps>;
-    fn run<A: AutodiffBackend>(self, device: A::Device) -> Self::Output {
-        maps::<A::InnerBackend>(self, &device)
+    fn run<B: InferenceBackend>(self, device: B::Device) -> Self::Output {
+        maps::<B>(self, &device)
     }
 }
 
-fn maps<B: Backend>(job: Job<'_>, device: &B::Device) -> anyhow::Result<AttentionMaps> {
-    let vit = job.weights.build::<B>(device)?;
+/// Attention maps are the ViT's own: this is the one job that names its backbone.
+fn maps<B: InferenceBackend>(job: Job<'_>, device: &B::Device) -> anyhow::Result<AttentionMaps> {
+    let vit = job.weights.build::<B, VisionTransformer<B>>(device)?;
     let x = images::to_device::<B>(job.image, [1, job.side, job.side, 3], device);
     Ok(cls_attention(&vit, x, job.weights.config.model.patch_size))
 }

@@ -3,11 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::checkpoint::{self, Which};
+use crate::checkpoint::{self, HostTensors, Which};
+use crate::device::{self, DeviceChoice, InferenceBackend, InferenceJob};
+use crate::eval::{Weights, WeightsError};
+use crate::model::Backbone;
 
-/// Write a checkpoint's ViT backbone as safetensors with timm's key names and shapes.
+/// Write a checkpoint's backbone as safetensors with its reference implementation's key
+/// names and shapes (timm's for a ViT).
 ///
-/// The file loads with strict key matching into
+/// A ViT's file loads with strict key matching into
 /// `timm.create_model('vit_small_patch16_224', num_classes=0)` (or the matching arch; for
 /// a custom size, `timm.models.vision_transformer.VisionTransformer(...)` with the run's
 /// embed_dim/depth/num_heads/patch_size/img_size). The DINO head is not exported.
@@ -27,27 +31,29 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     refuse_checkpoint_file(&args.out)?;
-    let dir = checkpoint::resolve(&args.checkpoint)?;
-    let (state, network) = checkpoint::load_network(&dir, args.which)?;
-    let backbone = checkpoint::backbone(&network);
-    if backbone.is_empty() {
-        anyhow::bail!(
-            "{}: no backbone tensors in the {}",
-            dir.display(),
-            args.which.name()
-        );
-    }
+    let weights = Weights::open(&args.checkpoint, args.which, false)?;
+    let kind = weights.config.model.kind();
+    // on the CPU: the strict load checks the tensors against the config's backbone
+    let (tensors, layout) = device::run_inference(DeviceChoice::Cpu, kind, Export(&weights))??;
     // the error names the file
-    checkpoint::write_tensors(&args.out, &backbone)?;
+    checkpoint::write_tensors(&args.out, &tensors)?;
     println!(
-        "exported the {} backbone of {} (step {}): {} tensors to {}",
-        args.which.name(),
-        dir.display(),
-        state.step,
-        backbone.len(),
+        "exported {}: {} tensors in {layout}'s layout to {}",
+        weights.describe(),
+        tensors.len(),
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+struct Export<'a>(&'a Weights);
+
+impl InferenceJob for Export<'_> {
+    type Output = Result<(HostTensors, &'static str), WeightsError>;
+    fn run<B: InferenceBackend, M: Backbone<B>>(self, device: B::Device) -> Self::Output {
+        let backbone = self.0.build::<B, M>(&device)?;
+        Ok((backbone.export(), M::EXPORT_LAYOUT))
+    }
 }
 
 /// `out` must not be a file of a checkpoint (or import) folder: exporting onto a network's

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use burn::backend::Flex;
 
 use crate::checkpoint::{self, Checkpoint, FORMAT, HostTensors, PositionRecord, State};
 use crate::config::Config;
+use crate::device::{self, DeviceChoice, InferenceBackend, InferenceJob};
 use crate::interop::{self, Format};
-use crate::model::{Dino, Init, VisionTransformer};
-use crate::params;
+use crate::model::{Backbone, Dino, Init};
+use crate::params::{self, LoadError};
 
 /// Import official DINO weights (or timm's) into a checkpoint folder.
 ///
@@ -95,13 +95,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for (which, network) in [("teacher", &imported.teacher), ("student", &student)] {
         check_strict(&config, network, has_head).with_context(|| {
             format!(
-                "{}: the {which} does not match {} / patch {} (embed {}, depth {}, {} heads)",
+                "{}: the {which} does not match {}",
                 args.weights.display(),
-                config.model.arch,
-                config.model.patch_size,
-                config.vit().embed_dim,
-                config.vit().depth,
-                config.vit().num_heads
+                config.model.describe()
             )
         })?;
     }
@@ -157,18 +153,39 @@ fn head_overrides(network: &HostTensors) -> Vec<String> {
 /// Loads `network` into the config's model on the CPU, which names any missing, unexpected
 /// or misshapen tensor.
 fn check_strict(config: &Config, network: &HostTensors, has_head: bool) -> anyhow::Result<()> {
-    let device = Default::default();
-    let result = if has_head {
-        let model = Dino::<Flex>::new(&config.vit(), &config.head(), 0, &device);
-        params::load(model, network, &device).map(drop)
-    } else {
-        let vit = VisionTransformer::<Flex>::new(&config.vit(), &mut Init::new(0), &device);
-        params::load(vit, &checkpoint::backbone(network), &device).map(drop)
-    };
     if !has_head && let Some(stray) = network.keys().find(|k| !k.starts_with("backbone.")) {
         anyhow::bail!("unexpected tensor `{stray}`");
     }
-    result.map_err(anyhow::Error::msg)
+    let check = Check {
+        config,
+        network,
+        has_head,
+    };
+    Ok(device::run_inference(
+        DeviceChoice::Cpu,
+        config.model.kind(),
+        check,
+    )??)
+}
+
+struct Check<'a> {
+    config: &'a Config,
+    network: &'a HostTensors,
+    has_head: bool,
+}
+
+impl InferenceJob for Check<'_> {
+    type Output = Result<(), LoadError>;
+    fn run<B: InferenceBackend, M: Backbone<B>>(self, device: B::Device) -> Self::Output {
+        let model = &self.config.model;
+        if self.has_head {
+            let dino = Dino::<B, M>::new(model, 0, &device);
+            params::load(dino, self.network, &device).map(drop)
+        } else {
+            let backbone = M::from_config(model, &mut Init::new(0), &device);
+            params::load(backbone, &checkpoint::backbone(self.network), &device).map(drop)
+        }
+    }
 }
 
 /// A checkpoint folder with empty optimizer state, written as a run's checkpoints are

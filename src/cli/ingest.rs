@@ -1,6 +1,5 @@
 //! `dino-stream ingest`: an ImageNet-style folder to Parquet shards.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +7,7 @@ use std::time::Instant;
 
 use dino_pipeline::ingest::{self, IngestConfig, IngestReport, Observer};
 use dino_pipeline::manifest::printable;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::bytes;
 
@@ -99,13 +98,9 @@ struct Progress {
 
 impl Progress {
     fn new() -> Self {
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
-        if std::io::stderr().is_terminal() {
-            bar.set_draw_target(ProgressDrawTarget::stderr());
-        }
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} files  {per_sec}  {msg}  ETA {eta}")
-                .expect("valid template"),
+        let bar = super::progress_bar(
+            None,
+            "{bar:30} {pos}/{len} files  {per_sec}  {msg}  ETA {eta}",
         );
         Self {
             bar,

@@ -5,16 +5,16 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use dino_pipeline::eval::{EvalConfig, EvalReader};
 use dino_pipeline::manifest::printable;
 use serde::Serialize;
 
 use super::progress_bar;
 use crate::checkpoint::Which;
-use crate::device::{self, BackendJob, DeviceChoice};
+use crate::device::{self, DeviceChoice, InferenceBackend, InferenceJob};
 use crate::eval::Weights;
 use crate::eval::knn::{self, Features, KnnResult};
+use crate::model::Backbone;
 
 /// Weighted k-NN classification with a checkpoint's backbone (DINO's eval_knn.py).
 ///
@@ -122,7 +122,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.baseline == Some(Baseline::Init),
     )?;
     let (device, json) = (args.device, args.json);
-    let report = device::dispatch(device, Job { args, weights }).map_err(anyhow::Error::msg)??;
+    let kind = weights.config.model.kind();
+    let report = device::run_inference(device, kind, Job { args, weights })??;
     if json {
         println!(
             "{}",
@@ -139,14 +140,14 @@ struct Job {
     weights: Weights,
 }
 
-impl BackendJob for Job {
+impl InferenceJob for Job {
     type Output = anyhow::Result<Report>;
-    fn run<A: AutodiffBackend>(self, device: A::Device) -> Self::Output {
-        evaluate::<A::InnerBackend>(self.args, self.weights, &device)
+    fn run<B: InferenceBackend, M: Backbone<B>>(self, device: B::Device) -> Self::Output {
+        evaluate::<B, M>(self.args, self.weights, &device)
     }
 }
 
-fn evaluate<B: Backend>(
+fn evaluate<B: InferenceBackend, M: Backbone<B>>(
     args: Args,
     weights: Weights,
     device: &B::Device,
@@ -159,7 +160,7 @@ fn evaluate<B: Backend>(
             format!("pixels ({size} px evaluation crop)"),
         ),
         _ => (
-            Features::Backbone(Box::new(weights.build::<B>(device)?)),
+            Features::Backbone(Box::new(weights.build::<B, M>(device)?)),
             weights.describe(),
         ),
     };
@@ -188,7 +189,10 @@ fn evaluate<B: Backend>(
         );
     }
     let classes = train.classes.len();
-    let bar = progress_bar(train.len + val.len, "images (features)");
+    let bar = progress_bar(
+        Some(train.len + val.len),
+        "{bar:30} {pos}/{len} images (features)  {per_sec}  ETA {eta}",
+    );
     let train_bank = knn::extract(&features, train, &args.train_split, size, device, |n| {
         bar.inc(n)
     })?;
@@ -222,7 +226,10 @@ fn evaluate<B: Backend>(
         );
     }
     let ks: Vec<usize> = args.k.iter().map(|&k| k as usize).collect();
-    let bar = progress_bar(val_bank.labels.len() as u64, "images (neighbours)");
+    let bar = progress_bar(
+        Some(val_bank.labels.len() as u64),
+        "{bar:30} {pos}/{len} images (neighbours)  {per_sec}  ETA {eta}",
+    );
     let results = knn::classify(
         &train_bank,
         &val_bank,

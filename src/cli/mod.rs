@@ -87,17 +87,13 @@ pub(crate) fn bytes(n: u64) -> String {
     }
 }
 
-/// A bar on stderr when it is a terminal, hidden otherwise (logs stay clean).
-pub(crate) fn progress_bar(len: u64, unit: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
+/// A bar drawn with `template` (indicatif's syntax) on stderr when it is a terminal, hidden
+/// otherwise (logs stay clean); its length may come later.
+pub(crate) fn progress_bar(len: Option<u64>, template: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::hidden());
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(ProgressDrawTarget::stderr());
     }
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{bar:30}} {{pos}}/{{len}} {unit}  {{per_sec}}  ETA {{eta}}"
-        ))
-        .expect("valid template"),
-    );
+    bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
     bar
 }

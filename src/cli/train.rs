@@ -1,14 +1,12 @@
 //! `dino-stream train`: DINO pre-training of a ViT on ingested shards.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::Config;
-use crate::device::{self, BackendJob, DeviceChoice};
+use crate::device::{self, DeviceChoice, TrainableBackbone, TrainingBackend, TrainingJob};
 use crate::train::{self, Event, Resume, RunOptions, Summary};
 
 /// Pre-train a ViT with DINO on shards written by `ingest`.
@@ -69,19 +67,12 @@ struct Job {
     opts: RunOptions,
 }
 
-impl BackendJob for Job {
+impl TrainingJob for Job {
     type Output = Result<Summary, train::TrainError>;
-    fn run<A: burn::tensor::backend::AutodiffBackend>(self, device: A::Device) -> Self::Output {
-        let bar = if std::io::stderr().is_terminal() {
-            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps ({per_sec}, eta {eta}) {msg}",
-            )
-            .expect("valid template"),
+    fn run<A: TrainingBackend, M: TrainableBackbone<A>>(self, device: A::Device) -> Self::Output {
+        let bar = super::progress_bar(
+            Some(0),
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps ({per_sec}, eta {eta}) {msg}",
         );
         super::logger::attach_bar(Some(bar.clone()));
         let plain = bar.is_hidden();
@@ -131,7 +122,7 @@ impl BackendJob for Job {
             // through the logger: the terminal and RUN/train.log
             Event::Warning(text) => log::warn!("{text}"),
         };
-        let result = train::train::<A>(&self.cfg, &self.opts, &device, &mut on_event);
+        let result = train::train::<A, M>(&self.cfg, &self.opts, &device, &mut on_event);
         bar.finish_and_clear();
         super::logger::attach_bar(None);
         super::logger::close_file();
@@ -164,7 +155,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     };
     // every error names its file, folder or setting already
-    let summary = device::dispatch(args.device, job).map_err(anyhow::Error::msg)??;
+    let kind = job.cfg.model.kind();
+    let summary = device::run_training(args.device, kind, job)??;
     let checkpoint = summary
         .checkpoint
         .map_or("none".into(), |p| p.display().to_string());

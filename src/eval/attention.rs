@@ -3,8 +3,8 @@
 //! given share of each head's attention mass.
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 
+use crate::device::InferenceBackend;
 use crate::model::VisionTransformer;
 
 /// One image's maps: `heads` maps of `grid_h x grid_w` patches, row-major.
@@ -33,7 +33,7 @@ impl AttentionMaps {
 }
 
 /// `image` is [1, 3, H, W] with H and W multiples of the patch size.
-pub fn cls_attention<B: Backend>(
+pub fn cls_attention<B: InferenceBackend>(
     vit: &VisionTransformer<B>,
     image: Tensor<B, 4>,
     patch: usize,

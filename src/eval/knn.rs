@@ -9,8 +9,9 @@ use burn::tensor::backend::Backend;
 use dino_pipeline::eval::{EvalBatch, EvalError, EvalReader, Skipped};
 use serde::Serialize;
 
+use crate::device::InferenceBackend;
 use crate::images;
-use crate::model::VisionTransformer;
+use crate::model::{Backbone, l2_normalize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KnnError {
@@ -29,29 +30,32 @@ pub enum KnnError {
 }
 
 /// What a sample's feature is.
-pub enum Features<B: Backend> {
-    /// The CLS token after the final norm (the recipe's k-NN feature).
-    Backbone(Box<VisionTransformer<B>>),
+pub enum Features<M> {
+    /// The backbone's output (a ViT's CLS token after the final norm: the recipe's k-NN
+    /// feature).
+    Backbone(Box<M>),
     /// The normalized pixels of the evaluation crop: the floor any learned feature must beat.
     Pixels,
 }
 
-impl<B: Backend> Features<B> {
+impl<M> Features<M> {
     /// [n, D], each row L2-normalized.
-    fn compute(&self, batch: &EvalBatch, size: usize, device: &B::Device) -> Tensor<B, 2> {
+    fn compute<B: InferenceBackend>(
+        &self,
+        batch: &EvalBatch,
+        size: usize,
+        device: &B::Device,
+    ) -> Tensor<B, 2>
+    where
+        M: Backbone<B>,
+    {
         let x = images::to_device::<B>(&batch.pixels, [batch.len, size, size, 3], device);
         let features = match self {
-            Features::Backbone(vit) => vit.forward(x, None),
+            Features::Backbone(backbone) => backbone.forward(x, None),
             Features::Pixels => x.reshape([batch.len, 3 * size * size]),
         };
         l2_normalize(features)
     }
-}
-
-/// `F.normalize(x, dim=1)`: rows divided by max(norm, 1e-12).
-fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
-    let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
-    x / norm
 }
 
 /// The features and labels of a whole split: [n, D] on the device, and the samples left
@@ -63,8 +67,8 @@ pub struct Bank<B: Backend> {
 }
 
 /// Runs every sample of `reader` through `features`; `progress` gets the samples done.
-pub fn extract<B: Backend>(
-    features: &Features<B>,
+pub fn extract<B: InferenceBackend, M: Backbone<B>>(
+    features: &Features<M>,
     reader: EvalReader,
     split: &str,
     size: usize,
@@ -130,7 +134,7 @@ const CHUNK_BYTES: usize = 256 << 20;
 
 /// Classifies every `val` sample by its neighbours in `train`, for each k in `ks`.
 /// `progress` gets the val samples done.
-pub fn classify<B: Backend>(
+pub fn classify<B: InferenceBackend>(
     train: &Bank<B>,
     val: &Bank<B>,
     classes: usize,

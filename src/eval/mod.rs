@@ -5,12 +5,11 @@ pub mod knn;
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
-
 use crate::checkpoint::{self, CheckpointError, HostTensors, Which};
 use crate::config::{Config, ConfigError};
-use crate::model::{Init, VisionTransformer};
-use crate::params;
+use crate::device::InferenceBackend;
+use crate::model::{Backbone, Init};
+use crate::params::{self, LoadError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -18,11 +17,11 @@ pub enum WeightsError {
     Checkpoint(#[from] CheckpointError),
     #[error("{path}: its config does not parse: {err}")]
     Config { path: PathBuf, err: ConfigError },
-    #[error("{path}: the {which} backbone does not fit the config's model: {why}")]
+    #[error("{path}: the {which} backbone does not fit the config's model: {err}")]
     Load {
         path: PathBuf,
         which: &'static str,
-        why: String,
+        err: LoadError,
     },
 }
 
@@ -82,24 +81,24 @@ impl Weights {
         }
     }
 
-    pub fn build<B: Backend>(
+    pub fn build<B: InferenceBackend, M: Backbone<B>>(
         &self,
         device: &B::Device,
-    ) -> Result<VisionTransformer<B>, WeightsError> {
+    ) -> Result<M, WeightsError> {
         // The backbone is drawn first from the run's seed, so this is the student's (and
         // teacher's) backbone at step 0 of the run, whatever the head.
-        let init = VisionTransformer::new(
-            &self.config.vit(),
+        let init = M::from_config(
+            &self.config.model,
             &mut Init::new(self.config.run.seed),
             device,
         );
         match &self.backbone {
             None => Ok(init),
             Some(tensors) => {
-                params::load(init, tensors, device).map_err(|why| WeightsError::Load {
+                params::load(init, tensors, device).map_err(|err| WeightsError::Load {
                     path: self.dir.clone(),
                     which: self.which.name(),
-                    why,
+                    err,
                 })
             }
         }

@@ -6,6 +6,8 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 
+use crate::device::InferenceBackend;
+
 use super::HeadConfig;
 use super::layers::{Init, Linear, constant, param};
 
@@ -19,7 +21,7 @@ pub struct WeightNormLinear<B: Backend> {
     pub weight_v: Param<Tensor<B, 2>>,
 }
 
-impl<B: Backend> WeightNormLinear<B> {
+impl<B: InferenceBackend> WeightNormLinear<B> {
     /// [M, bottleneck] -> [M, K]
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let v = self.weight_v.val();
@@ -36,7 +38,7 @@ pub struct DinoHead<B: Backend> {
     pub last_layer: WeightNormLinear<B>,
 }
 
-impl<B: Backend> DinoHead<B> {
+impl<B: InferenceBackend> DinoHead<B> {
     pub fn new(cfg: &HeadConfig, in_dim: usize, init: &mut Init, device: &B::Device) -> Self {
         let dims = [in_dim, cfg.hidden_dim, cfg.hidden_dim, cfg.bottleneck_dim];
         let mlp = dims
@@ -72,8 +74,12 @@ impl<B: Backend> DinoHead<B> {
                 x = gelu(x);
             }
         }
-        // F.normalize(x, dim=-1, eps=1e-12)
-        let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
-        self.last_layer.forward(x / norm)
+        self.last_layer.forward(l2_normalize(x))
     }
+}
+
+/// `F.normalize(x, dim=-1, eps=1e-12)`: rows divided by max(norm, 1e-12).
+pub fn l2_normalize<B: InferenceBackend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+    x / norm
 }

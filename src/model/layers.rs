@@ -9,6 +9,8 @@ use burn::tensor::{Tensor, TensorData};
 use dino_pipeline::rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use crate::device::InferenceBackend;
+
 /// Parameters are drawn on the host from our own seeded stream, not the backend's: a model
 /// is then identical on every device, and the recipe's init is written once.
 pub struct Init {
@@ -76,7 +78,7 @@ pub struct Linear<B: Backend> {
     pub bias: Option<Param<Tensor<B, 1>>>,
 }
 
-impl<B: Backend> Linear<B> {
+impl<B: InferenceBackend> Linear<B> {
     /// The recipe's init for every Linear of the ViT and the head MLP: truncated normal
     /// (std 0.02) weights, zero bias.
     pub fn trunc_normal(init: &mut Init, d_in: usize, d_out: usize, device: &B::Device) -> Self {
@@ -110,7 +112,7 @@ pub struct LayerNorm<B: Backend> {
     eps: f64,
 }
 
-impl<B: Backend> LayerNorm<B> {
+impl<B: InferenceBackend> LayerNorm<B> {
     pub fn new(dim: usize, eps: f64, device: &B::Device) -> Self {
         Self {
             weight: constant(1.0, [dim], device),
@@ -134,7 +136,7 @@ pub struct Mlp<B: Backend> {
     pub fc2: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: InferenceBackend> Mlp<B> {
     pub fn new(init: &mut Init, dim: usize, hidden: usize, device: &B::Device) -> Self {
         Self {
             fc1: Linear::trunc_normal(init, dim, hidden, device),

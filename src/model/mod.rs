@@ -1,6 +1,7 @@
-//! The DINO networks: a ViT backbone in timm's layout, the DINO head, and the multi-crop
-//! wrapper that runs each crop resolution as one backbone pass.
+//! The DINO networks: backbones behind one trait (the ViT, in timm's layout), the DINO head,
+//! and the multi-crop wrapper that runs each crop resolution as one backbone pass.
 
+mod backbone;
 mod head;
 mod layers;
 mod pos_embed;
@@ -11,7 +12,11 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-pub use head::{DinoHead, WeightNormLinear};
+use crate::config::ModelConfig;
+use crate::device::InferenceBackend;
+
+pub use backbone::{Backbone, BackboneKind};
+pub use head::{DinoHead, WeightNormLinear, l2_normalize};
 pub use layers::{Init, LayerNorm, Linear, Mlp};
 pub use vit::{Attention, Block, BlockDrop, PatchEmbed, VisionTransformer};
 
@@ -58,31 +63,36 @@ pub struct HeadConfig {
     pub norm_last_layer: bool,
 }
 
-/// Crops of one resolution, [n, 3, H, W], with their stochastic-depth factors (student only).
-pub type CropGroup<B> = (Tensor<B, 4>, Option<Vec<BlockDrop<B>>>);
+/// Crops of one resolution, [n, 3, H, W], with the backbone's stochastic-depth plan for
+/// their pass (the student's; `None` for the teacher).
+pub type CropGroup<B, M> = (Tensor<B, 4>, Option<<M as Backbone<B>>::DropPlan>);
 
-/// Backbone + head, as the official `MultiCropWrapper`.
+/// Backbone + head, as the official `MultiCropWrapper`. Generic over the backbone (not an
+/// enum of them): Burn names an enum's parameters by variant, which would change every
+/// checkpoint and export key.
 #[derive(Module, Debug)]
-pub struct Dino<B: Backend> {
-    pub backbone: VisionTransformer<B>,
+pub struct Dino<B: Backend, M> {
+    pub backbone: M,
     pub head: DinoHead<B>,
 }
 
-impl<B: Backend> Dino<B> {
-    pub fn new(vit: &VitConfig, head: &HeadConfig, seed: u64, device: &B::Device) -> Self {
+impl<B: InferenceBackend, M: Backbone<B>> Dino<B, M> {
+    /// The backbone is drawn first from the seed, then the head: the same backbone as a
+    /// lone `M::from_config` from that seed (what the `init` baseline of `knn` rebuilds).
+    pub fn new(cfg: &ModelConfig, seed: u64, device: &B::Device) -> Self {
         let mut init = Init::new(seed);
-        let backbone = VisionTransformer::new(vit, &mut init, device);
-        let head = DinoHead::new(head, vit.embed_dim, &mut init, device);
+        let backbone = M::from_config(cfg, &mut init, device);
+        let head = DinoHead::new(&cfg.head(), backbone.feature_dim(), &mut init, device);
         Self { backbone, head }
     }
 
     /// Each group holds crops of one resolution ([n_i, 3, H_i, W_i], one backbone pass each,
-    /// with its own stochastic-depth factors); the CLS features are concatenated in order and
-    /// the head runs once on all: -> [sum n_i, K].
-    pub fn forward(&self, groups: Vec<CropGroup<B>>) -> Tensor<B, 2> {
+    /// with its own stochastic-depth plan); the features are concatenated in order and the
+    /// head runs once on all: -> [sum n_i, K].
+    pub fn forward(&self, groups: Vec<CropGroup<B, M>>) -> Tensor<B, 2> {
         let features = groups
             .into_iter()
-            .map(|(x, drop)| self.backbone.forward(x, drop.as_deref()))
+            .map(|(x, drop)| self.backbone.forward(x, drop.as_ref()))
             .collect();
         self.head.forward(Tensor::cat(features, 0))
     }

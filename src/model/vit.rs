@@ -8,9 +8,14 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use super::VitConfig;
+use dino_pipeline::rng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
 use super::layers::{Init, LayerNorm, Linear, Mlp, param};
 use super::pos_embed::resize_matrix;
+use super::{Backbone, VitConfig};
+use crate::config::ModelConfig;
+use crate::device::InferenceBackend;
 
 const LN_EPS: f64 = 1e-6;
 
@@ -20,7 +25,7 @@ pub struct PatchEmbed<B: Backend> {
     pub proj: Conv2d<B>,
 }
 
-impl<B: Backend> PatchEmbed<B> {
+impl<B: InferenceBackend> PatchEmbed<B> {
     fn new(init: &mut Init, patch: usize, dim: usize, device: &B::Device) -> Self {
         let mut proj = Conv2dConfig::new([3, dim], [patch, patch])
             .with_stride([patch, patch])
@@ -51,7 +56,7 @@ pub struct Attention<B: Backend> {
     num_heads: usize,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: InferenceBackend> Attention<B> {
     fn new(init: &mut Init, dim: usize, num_heads: usize, device: &B::Device) -> Self {
         Self {
             qkv: Linear::trunc_normal(init, dim, 3 * dim, device),
@@ -87,7 +92,7 @@ impl<B: Backend> Attention<B> {
 }
 
 /// Per-sample stochastic-depth factors of one block, `[B, 1, 1]`: 0 for a dropped residual
-/// branch, 1/keep otherwise. Drawn by the trainer from its own seeded stream so that a
+/// branch, 1/keep otherwise. Drawn from the trainer's seeded stream for the pass, so that a
 /// resumed run draws the same ones.
 #[derive(Clone, Debug)]
 pub struct BlockDrop<B: Backend> {
@@ -103,7 +108,7 @@ pub struct Block<B: Backend> {
     pub mlp: Mlp<B>,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: InferenceBackend> Block<B> {
     fn new(init: &mut Init, cfg: &VitConfig, device: &B::Device) -> Self {
         let d = cfg.embed_dim;
         Self {
@@ -142,7 +147,7 @@ pub struct VisionTransformer<B: Backend> {
     patch_size: usize,
 }
 
-impl<B: Backend> VisionTransformer<B> {
+impl<B: InferenceBackend> VisionTransformer<B> {
     pub fn new(cfg: &VitConfig, init: &mut Init, device: &B::Device) -> Self {
         let d = cfg.embed_dim;
         let n0 = cfg.img_size / cfg.patch_size;
@@ -160,14 +165,6 @@ impl<B: Backend> VisionTransformer<B> {
             norm: LayerNorm::new(d, LN_EPS, device),
             patch_size: cfg.patch_size,
         }
-    }
-
-    pub fn embed_dim(&self) -> usize {
-        self.cls_token.dims()[2]
-    }
-
-    pub fn depth(&self) -> usize {
-        self.blocks.len()
     }
 
     /// The positional embedding for an `h x w` patch grid: [1, 1 + h*w, D].
@@ -207,13 +204,6 @@ impl<B: Backend> VisionTransformer<B> {
         self.norm.forward(x)
     }
 
-    /// The CLS feature after the final norm: [B, 3, H, W] -> [B, D].
-    pub fn forward(&self, x: Tensor<B, 4>, drop: Option<&[BlockDrop<B>]>) -> Tensor<B, 2> {
-        let tokens = self.forward_tokens(x, drop);
-        let [b, _, d] = tokens.dims();
-        tokens.narrow(1, 0, 1).reshape([b, d])
-    }
-
     /// The last block's attention probabilities, [B, heads, 1 + n, 1 + n].
     pub fn last_attention(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut x = self.prepare_tokens(x);
@@ -225,5 +215,87 @@ impl<B: Backend> VisionTransformer<B> {
             x = block.forward(x, None);
         }
         last.attn.weights(last.norm1.forward(x)).0
+    }
+}
+
+/// The CLS token of `tokens` [B, 1 + n, D] -> [B, D].
+fn cls<B: Backend>(tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [b, _, d] = tokens.dims();
+    tokens.narrow(1, 0, 1).reshape([b, d])
+}
+
+impl<B: InferenceBackend> Backbone<B> for VisionTransformer<B> {
+    /// one entry per block
+    type DropPlan = Vec<BlockDrop<B>>;
+
+    const EXPORT_LAYOUT: &'static str = "timm's VisionTransformer";
+
+    fn from_config(cfg: &ModelConfig, init: &mut Init, device: &B::Device) -> Self {
+        Self::new(&cfg.vit(), init, device)
+    }
+
+    fn feature_dim(&self) -> usize {
+        self.cls_token.dims()[2]
+    }
+
+    /// Per block `i`, the drop rate rises linearly from 0 to `rate`
+    /// (`torch.linspace(0, rate, depth)`), and each sample keeps its residual branch with
+    /// probability 1 - rate_i, scaled by 1 / (1 - rate_i); attention then MLP, block by block.
+    fn drop_plan(
+        &self,
+        rate: f64,
+        n: usize,
+        rng: &mut Xoshiro256PlusPlus,
+        device: &B::Device,
+    ) -> Option<Vec<BlockDrop<B>>> {
+        if rate == 0.0 {
+            return None;
+        }
+        let depth = self.blocks.len();
+        let mut draw = |block: usize| {
+            let p = if depth > 1 {
+                rate * block as f64 / (depth - 1) as f64
+            } else {
+                0.0
+            };
+            let keep = 1.0 - p;
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    if rng::unit(rng) < keep {
+                        (1.0 / keep) as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            Tensor::<B, 3>::from_data(TensorData::new(values, [n, 1, 1]), device)
+        };
+        Some(
+            (0..depth)
+                .map(|block| BlockDrop {
+                    attn: draw(block),
+                    mlp: draw(block),
+                })
+                .collect(),
+        )
+    }
+
+    /// The CLS feature after the final norm: [B, 3, H, W] -> [B, D].
+    fn forward(&self, x: Tensor<B, 4>, drop: Option<&Vec<BlockDrop<B>>>) -> Tensor<B, 2> {
+        cls(self.forward_tokens(x, drop.map(Vec::as_slice)))
+    }
+
+    /// The CLS token after each of the last `n` blocks, through the final norm.
+    fn intermediate_features(&self, x: Tensor<B, 4>, n: usize) -> Vec<Tensor<B, 2>> {
+        let first = self.blocks.len().saturating_sub(n);
+        let mut x = self.prepare_tokens(x);
+        let mut out = Vec::with_capacity(n);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x, None);
+            if i >= first {
+                out.push(cls(self.norm.forward(x.clone())));
+            }
+        }
+        out
     }
 }

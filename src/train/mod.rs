@@ -1,39 +1,57 @@
 //! `dino-stream train`: the DINO loop, read top to bottom as the official `main_dino.py`.
 
-mod state;
+pub mod bench;
+mod guard;
+mod metrics;
+mod resume;
+mod snapshot;
+pub mod step;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor};
+use dino_pipeline::dataset::{self, DatasetError};
 use dino_pipeline::loader::{Loader, LoaderConfig, LoaderError};
 use dino_pipeline::manifest::try_lock_dir;
 use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::Config;
-use crate::loss::{DinoLoss, teacher_stats};
-use crate::model::Dino;
-use crate::optim::{AdamW, Step};
-use crate::schedule::{Cosine, TeacherTemp};
-pub use state::{Images, drop_path_factors, ema};
+use crate::device::{TrainableBackbone, TrainingBackend};
+use crate::images::Images;
+use crate::loss::teacher_stats;
+use crate::optim::OneDevice;
+pub use resume::ResumeError;
+use step::{Models, NonFiniteLoss, Schedules};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error(transparent)]
     Loader(#[from] LoaderError),
     #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
     // `err`, not `source`: the message holds the cause, and a source would print it twice
     #[error("{path}: {err}")]
     Io { path: PathBuf, err: std::io::Error },
-    #[error("{0}")]
-    Run(String),
     #[error("{path}: another training run is writing here; wait for it, or choose another --out")]
     Busy { path: PathBuf },
+    #[error("{path} already holds a run; pass --resume to continue it, or choose another --out")]
+    RunExists { path: PathBuf },
+    #[error("--resume: no checkpoint in {path}; start the run without --resume")]
+    NothingToResume { path: PathBuf },
+    #[error("{path}: fewer samples ({samples}) than one batch ({batch}); lower data.batch_size")]
+    TooFewSamples {
+        path: PathBuf,
+        samples: u64,
+        batch: usize,
+    },
+    #[error("optim.epochs ({epochs}) x {per_epoch} steps per epoch overflows")]
+    TooManySteps { epochs: u64, per_epoch: u64 },
     #[error(
         "the loss is {loss} at step {step} (epoch {epoch}); stopping. {last}. Lower optim.lr, \
          raise optim.warmup_epochs or lower optim.clip_grad, then resume"
@@ -112,7 +130,7 @@ pub struct Summary {
     pub checkpoint: Option<PathBuf>,
 }
 
-pub fn train<A: AutodiffBackend>(
+pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
     cfg: &Config,
     opts: &RunOptions,
     device: &A::Device,
@@ -121,34 +139,23 @@ pub fn train<A: AutodiffBackend>(
     let ckpt_dir = opts.out.join("checkpoints");
     let (_lock, candidates) = prepare_run_dir(cfg, opts, &ckpt_dir)?;
 
-    // ============ the models: student and an exact copy as teacher ============
-    let vit = cfg.vit();
-    let mut student = Dino::<A>::new(&vit, &cfg.head(), cfg.run.seed, device);
-    let mut teacher = student.valid();
-    let mut dino_loss = DinoLoss::new(
-        cfg.model.out_dim,
-        cfg.loss.student_temp,
-        cfg.loss.center_momentum,
-        device,
-    );
-    let mut optimizer = AdamW::default();
+    // ============ the models: student, an exact copy as teacher, loss, optimizer ============
+    let mut models = Models::<A, M>::new(cfg, device);
     let mut step = 0;
     let mut position = Default::default();
-    let data_plan = state::data_plan(&opts.data, &cfg.data.split)?;
+    let data_plan = dataset::split_entry(&opts.data, &cfg.data.split)?.plan;
     let resume_from = pick_checkpoint(&candidates, on_event)?;
     if let Some((path, ckpt)) = &resume_from {
-        state::check_compatible(cfg, &ckpt.state, path)?;
+        resume::check_compatible(cfg, &ckpt.state, path)?;
         if ckpt.state.data_plan != data_plan {
-            return Err(TrainError::Run(format!(
-                "{}: the checkpoint was made on other data than split `{}` of {} (another \
-                 ingest plan); resume with the shards the run started on",
-                path.display(),
-                cfg.data.split,
-                opts.data.display()
-            )));
+            return Err(ResumeError::OtherData {
+                path: path.clone(),
+                split: cfg.data.split.clone(),
+                data: opts.data.clone(),
+            }
+            .into());
         }
-        (student, teacher) = state::restore_models(student, teacher, ckpt, path, device)?;
-        state::restore_optimizer(&mut optimizer, &mut dino_loss, ckpt, path, device)?;
+        models = resume::restore(models, ckpt, path, device)?;
         step = ckpt.state.step;
         position = ckpt.state.position.into();
     }
@@ -158,40 +165,23 @@ pub fn train<A: AutodiffBackend>(
     let mut loader = Loader::start(loader_config(cfg, &opts.data, position))?;
     let per_epoch = loader.batches_per_epoch();
     if per_epoch == 0 {
-        return Err(TrainError::Run(format!(
-            "{}: fewer samples ({}) than one batch ({}); lower data.batch_size",
-            opts.data.display(),
-            loader.dataset_len(),
-            cfg.data.batch_size
-        )));
+        return Err(TrainError::TooFewSamples {
+            path: opts.data.clone(),
+            samples: loader.dataset_len(),
+            batch: cfg.data.batch_size,
+        });
     }
     if let Some(path) = &resume_from {
-        state::check_position(step, position, per_epoch, cfg, path)?;
+        resume::check_position(step, position, per_epoch, cfg, path)?;
     }
 
     // ============ schedules (per iteration, the teacher temperature per epoch) ============
-    let o = &cfg.optim;
-    let global_batch = cfg.data.batch_size as f64; // one device: the global batch
-    let lr_schedule = Cosine::new(
-        o.lr * global_batch / 256.0,
-        o.min_lr,
-        o.epochs,
-        per_epoch,
-        o.warmup_epochs,
-    );
-    let wd_schedule = Cosine::new(o.weight_decay, o.weight_decay_end, o.epochs, per_epoch, 0);
-    let momentum_schedule = Cosine::new(o.momentum_teacher, 1.0, o.epochs, per_epoch, 0);
-    let teacher_temp = TeacherTemp {
-        warmup_temp: cfg.loss.warmup_teacher_temp,
-        temp: cfg.loss.teacher_temp,
-        warmup_epochs: cfg.loss.warmup_teacher_temp_epochs,
-    };
-    let all_steps = o.epochs.checked_mul(per_epoch).ok_or_else(|| {
-        TrainError::Run(format!(
-            "optim.epochs ({}) x {per_epoch} steps per epoch overflows",
-            o.epochs
-        ))
-    })?;
+    let epochs = cfg.optim.epochs;
+    // one device: the global batch is the device's batch
+    let schedules = Schedules::new(cfg, per_epoch, cfg.data.batch_size);
+    let all_steps = epochs
+        .checked_mul(per_epoch)
+        .ok_or(TrainError::TooManySteps { epochs, per_epoch })?;
     let total_steps = match cfg.run.max_steps {
         0 => all_steps,
         n => n.min(all_steps),
@@ -203,8 +193,8 @@ pub fn train<A: AutodiffBackend>(
         steps_per_epoch: per_epoch,
     });
 
-    let mut metrics = state::MetricsLog::open(&opts.out.join("metrics.jsonl"), step)?;
-    let mut guard = state::CollapseGuard::new(cfg.model.out_dim);
+    let mut metrics = metrics::MetricsLog::open(&opts.out.join("metrics.jsonl"), step)?;
+    let mut guard = guard::CollapseGuard::new(cfg.model.out_dim);
     let mut last_checkpoint = resume_from.clone();
     let mut last_loss = f64::NAN;
     let mut waited = Instant::now();
@@ -218,74 +208,37 @@ pub fn train<A: AutodiffBackend>(
         let data_wait = waited.elapsed().as_secs_f64();
         loader.queue_depths(); // sampled once per batch, for the metrics endpoint
         let started = Instant::now();
-        let it = step;
         let epoch = batch.epoch;
-        let lr = lr_schedule.at(it);
-        let wd = wd_schedule.at(it);
-        let momentum = momentum_schedule.at(it);
-        let temp = teacher_temp.at_epoch(epoch);
+        let h = schedules.at(step, epoch);
 
-        // ============ forward: teacher on the 2 globals, student on all crops ============
+        // ============ the DINO step: forward, loss, backward, update, EMA, centre ============
         let images = Images::<A::InnerBackend>::from_batch(&batch, device);
         drop(batch); // its buffer goes back to the pipeline
-        let teacher_out = teacher.forward(vec![(images.globals.clone(), None)]); // [2B, K]
-        let targets = dino_loss.teacher_targets(teacher_out.clone(), temp);
-        let depth = vit.depth;
-        let dpr = cfg.model.drop_path_rate;
-        let mut groups = vec![(
-            Tensor::from_inner(images.globals),
-            drop_path_factors::<A>(cfg.run.seed, it, 0, depth, dpr, images.n_globals, device),
-        )];
-        if let Some(locals) = images.locals {
-            groups.push((
-                Tensor::from_inner(locals),
-                drop_path_factors::<A>(cfg.run.seed, it, 1, depth, dpr, images.n_locals, device),
-            ));
-        }
-        let student_out = student.forward(groups); // [(2 + N) * B, K]
-        let loss = dino_loss.forward(student_out, Tensor::from_inner(targets.clone()));
-        let loss_value: f64 = loss.clone().into_scalar().elem();
-        if !loss_value.is_finite() {
-            return Err(TrainError::NonFinite {
-                loss: loss_value,
-                step: it,
+        let (next, images_done) = (images.next, images.n_globals / 2);
+        let outcome;
+        (models, outcome) = step::dino_step(models, images, &h, &mut OneDevice, &mut |_| {})
+            .map_err(|NonFiniteLoss(loss)| TrainError::NonFinite {
+                loss,
+                step,
                 epoch,
                 last: match &last_checkpoint {
                     Some(p) => format!("The last good checkpoint is {}", p.display()),
                     None => "No checkpoint was written yet".into(),
                 },
-            });
-        }
-
-        // ============ student update ============
-        let grads = loss.backward();
-        student = optimizer.step(
-            student,
-            &grads,
-            Step {
-                lr,
-                weight_decay: wd,
-                clip: o.clip_grad,
-                freeze_last_layer: epoch < o.freeze_last_layer,
-            },
-        );
-
-        // ============ EMA update of the teacher, then the centre ============
-        teacher = state::ema(teacher, &student, momentum);
-        dino_loss.update_center(teacher_out);
+            })?;
         step += 1;
-        last_loss = loss_value;
+        last_loss = outcome.loss;
 
         // ============ logging ============
         let step_time = started.elapsed().as_secs_f64() + data_wait;
-        metrics.add(loss_value, data_wait, step_time, images.n_globals / 2);
+        metrics.add(outcome.loss, data_wait, step_time, images_done);
         on_event(Event::Step {
             step,
-            loss: loss_value,
+            loss: outcome.loss,
         });
         if step % cfg.run.log_every == 0 || step == total_steps {
-            let stats = teacher_stats(targets);
-            let line = metrics.line(step, epoch, lr, wd, momentum, temp, &stats, replaced)?;
+            let stats = teacher_stats(outcome.targets);
+            let line = metrics.line(&h, step, &stats, replaced)?;
             on_event(Event::Log(&line));
             if let Some(warning) = guard.check(&line) {
                 on_event(Event::Warning(warning));
@@ -293,16 +246,15 @@ pub fn train<A: AutodiffBackend>(
         }
 
         // ============ checkpoint ============
-        let next = images.next;
         let epoch_end = next.epoch > epoch;
         let periodic = cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0;
         if epoch_end || periodic || step == total_steps {
-            let progress = state::Progress {
+            let progress = snapshot::Progress {
                 step,
                 position: next,
                 data_plan: &data_plan,
             };
-            let ckpt = state::snapshot(cfg, progress, &student, &teacher, &optimizer, &dino_loss);
+            let ckpt = snapshot::snapshot(cfg, progress, &models);
             let path = ckpt.save(&ckpt_dir, cfg.run.keep_checkpoints)?;
             on_event(Event::Checkpoint(&path));
             last_checkpoint = Some(path);
@@ -342,16 +294,14 @@ fn prepare_run_dir(
         // a run without any checkpoint yet (stopped early, or failed to start) has nothing
         // to lose and is simply started again
         Resume::No => {
-            return Err(TrainError::Run(format!(
-                "{} already holds a run; pass --resume to continue it, or choose another --out",
-                opts.out.display()
-            )));
+            return Err(TrainError::RunExists {
+                path: opts.out.clone(),
+            });
         }
         Resume::Latest if saved.is_empty() => {
-            return Err(TrainError::Run(format!(
-                "--resume: no checkpoint in {}; start the run without --resume",
-                ckpt_dir.display()
-            )));
+            return Err(TrainError::NothingToResume {
+                path: ckpt_dir.to_path_buf(),
+            });
         }
         Resume::Latest => saved,
         Resume::From(path) => vec![path.clone()],
@@ -389,7 +339,12 @@ fn pick_checkpoint(
     }
 }
 
-fn loader_config(cfg: &Config, data: &Path, start: dino_pipeline::batch::Position) -> LoaderConfig {
+/// The loader settings of a run of `cfg` on `data` from `start`.
+pub fn loader_config(
+    cfg: &Config,
+    data: &Path,
+    start: dino_pipeline::batch::Position,
+) -> LoaderConfig {
     let d = &cfg.data;
     let mut lc = LoaderConfig::new(data, d.split.clone());
     lc.batch_size = d.batch_size;

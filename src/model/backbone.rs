@@ -1,0 +1,68 @@
+//! What the DINO wrapper, the trainer and the evaluations need of a backbone. A new backbone
+//! is a new module implementing [`Backbone`], a variant of [`BackboneKind`], and one line in
+//! each dispatch of `device.rs`.
+
+use burn::module::{Module, ModuleDisplay};
+use burn::tensor::Tensor;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use super::layers::Init;
+use crate::checkpoint::HostTensors;
+use crate::config::ModelConfig;
+use crate::device::InferenceBackend;
+use crate::params;
+
+/// The backbone families a config's `model.arch` can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackboneKind {
+    Vit,
+}
+
+impl BackboneKind {
+    /// The family of a (validated) arch name.
+    pub fn of(arch: &str) -> Option<Self> {
+        (arch == "custom" || super::ARCHS.iter().any(|(name, ..)| *name == arch))
+            .then_some(Self::Vit)
+    }
+}
+
+/// A network from crops to one feature vector each. Parameter paths are the backbone's own
+/// (no wrapper prefix); `Dino` puts them under `backbone.`.
+pub trait Backbone<B: InferenceBackend>: Module<B> + ModuleDisplay {
+    /// The random part of one training pass (stochastic depth), drawn by [`Self::drop_plan`]
+    /// and given back to [`Self::forward`].
+    type DropPlan: Clone + Send;
+
+    /// What an exported file loads into, for messages and `--help`.
+    const EXPORT_LAYOUT: &'static str;
+
+    /// A freshly initialized backbone of the config's shape, drawing from `init`.
+    fn from_config(cfg: &ModelConfig, init: &mut Init, device: &B::Device) -> Self;
+
+    /// The width of the features [`Self::forward`] returns.
+    fn feature_dim(&self) -> usize;
+
+    /// Stochastic depth for one pass of `n` crops at `rate`, drawn from `rng`; `None` when
+    /// nothing is dropped (`rate` 0).
+    fn drop_plan(
+        &self,
+        rate: f64,
+        n: usize,
+        rng: &mut Xoshiro256PlusPlus,
+        device: &B::Device,
+    ) -> Option<Self::DropPlan>;
+
+    /// [n, 3, H, W] -> [n, feature_dim]
+    fn forward(&self, x: Tensor<B, 4>, drop: Option<&Self::DropPlan>) -> Tensor<B, 2>;
+
+    /// The features of the last `n` stages, oldest first, each as [`Self::forward`] would
+    /// return it had the network ended there (the official `get_intermediate_layers`, which
+    /// linear probes concatenate): [B, 3, H, W] -> n x [B, feature_dim].
+    fn intermediate_features(&self, x: Tensor<B, 4>, n: usize) -> Vec<Tensor<B, 2>>;
+
+    /// The tensors of an export file, named as [`Self::EXPORT_LAYOUT`] names them. Parameter
+    /// paths follow that layout already; a backbone with buffers adds them here.
+    fn export(&self) -> HostTensors {
+        params::to_host(&params::collect(self))
+    }
+}

@@ -11,13 +11,14 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 
+use crate::fused::FusedOps;
 use crate::model::{Backbone, BackboneKind, VisionTransformer};
 
-/// The ops a forward pass needs.
-pub trait InferenceBackend: Backend {}
-impl<B: Backend> InferenceBackend for B {}
+/// The ops a forward pass needs: Burn's and the fused ones.
+pub trait InferenceBackend: FusedOps {}
+impl<B: FusedOps> InferenceBackend for B {}
 
 /// The ops a training step needs: autodiff over an inference backend.
 pub trait TrainingBackend:

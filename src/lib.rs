@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod device;
 pub mod eval;
+pub mod fused;
 pub mod images;
 pub mod interop;
 pub mod loss;

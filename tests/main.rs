@@ -4,6 +4,7 @@
 
 mod common;
 mod eval;
+mod fused;
 mod hostile;
 mod ingest;
 mod model;

@@ -8,19 +8,22 @@ facebookresearch/dino main_dino.py train_one_epoch in float32 without AMP, with
 the model, loss and optimiser helpers of tools/dino_torch.py (shared with
 tools/dino_reference.py, the full training run):
 
-  * model: configs/quickstart.toml's ViT (patch 8, img 64, dim 96, depth 4,
-    3 heads, mlp 4, qkv bias, LayerNorm eps 1e-6, exact GELU, CLS token) from
+  * model: the ViT of --config (default configs/quickstart.toml: patch 8,
+    img 64, dim 96, depth 4, 3 heads; configs/bench_vit_tiny.toml: ViT-Ti/16)
+    with mlp 4, qkv bias, LayerNorm eps 1e-6, exact GELU, CLS token, from
     timm's VisionTransformer, run with DINO's prepare_tokens and
-    interpolate_pos_encoding so that the 32 px local crops work; drop path 0.1
-    (linear per block) on the student only. DINO head 96 -> 256 -> 256 -> 64,
-    L2 normalise, weight-normalised Linear(64, 1024, no bias) with weight_g
-    fixed at 1 (norm_last_layer). Attention is DINO's explicit
-    softmax(q k^T / sqrt(d)) v unless --fused-attn (torch's SDPA) is given.
-  * batch 32: 2 global crops 64 px, 4 local crops 32 px, random normal inputs
-    made once. Student: one backbone pass for the globals, one for the locals,
-    the head once; teacher (same weights, no drop path): globals, no grad.
+    interpolate_pos_encoding so that the local crops work; the config's drop
+    path (linear per block) on the student only. DINO head dim -> hidden ->
+    hidden -> bottleneck, L2 normalise, weight-normalised Linear(bottleneck,
+    out_dim, no bias) with weight_g fixed at 1 (norm_last_layer). Attention is
+    DINO's explicit softmax(q k^T / sqrt(d)) v unless --fused-attn (torch's
+    SDPA) is given.
+  * the config's batch, 2 global crops and its local crops at its sizes,
+    random normal inputs made once. Student: one backbone pass for the
+    globals, one for the locals, the head once; teacher (same weights, no drop
+    path): globals, no grad.
   * DINOLoss (student temp 0.1, teacher temp 0.04, centre momentum 0.9) over
-    the 10 (teacher global, other student view) pairs; AdamW lr 2.5e-4, weight
+    the (teacher global, other student view) pairs; AdamW lr 2.5e-4, weight
     decay 0.04 on the non-bias, non-1-D parameters; DINO's per-tensor
     clip_gradients at 3.0; teacher EMA with momentum 0.996.
 
@@ -35,7 +38,7 @@ Pinned reference versions (the venv of gen-model-fixtures.py):
 
 Run from the repo root with any python3:
 
-    python3 tools/bench_train_step.py [--steps 30] [--threads 2] [--json]
+    python3 tools/bench_train_step.py [--config FILE] [--steps 30] [--threads 2] [--json]
 
 It creates (or reuses) the venv ~/.cache/dino-stream/venv-fixtures, installs
 the pinned versions into it from PyPI if they are missing, and re-runs itself
@@ -67,33 +70,58 @@ import torch  # noqa: E402
 from dino_torch import (Backbone, DINOHead, Dino, clip_gradients, dino_loss,  # noqa: E402
                         ema_update, params_groups, teacher_targets, update_center)
 
-PATCH, IMG, DIM, DEPTH, HEADS = 8, 64, 96, 4, 3
-HIDDEN, BOTTLENECK, OUT_DIM = 256, 64, 1024
-GLOBAL_PX, LOCAL_PX, N_GLOBAL = 64, 32, 2
+N_GLOBAL = 2
 STUDENT_TEMP, TEACHER_TEMP, CENTER_MOMENTUM = 0.1, 0.04, 0.9
 LR, WEIGHT_DECAY, CLIP, EMA_MOMENTUM = 2.5e-4, 0.04, 3.0, 0.996
-DROP_PATH, WARMUP = 0.1, 5
+WARMUP = 5
 PHASES = ("forward", "backward", "optimizer", "ema", "step")
+# the recipe's named ViTs: embed_dim, depth, heads (src/model/mod.rs ARCHS)
+ARCHS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
 
 
-def make_dino(drop_path_rate: float, fused_attn: bool) -> Dino:
-    backbone = Backbone(IMG, PATCH, DIM, DEPTH, HEADS, drop_path_rate, fused_attn)
-    return Dino(backbone, DINOHead(DIM, OUT_DIM, HIDDEN, BOTTLENECK, norm_last_layer=True))
+def shape_of(config: str | None) -> dict:
+    """The sizes the bench uses: configs/quickstart.toml's unless `config` names another of
+    our TOML configs (its [model] and [data]; absent keys take the recipe's defaults)."""
+    import tomllib
+    path = config or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                  "configs", "quickstart.toml")
+    with open(path, "rb") as f:
+        cfg = tomllib.load(f)
+    m, d = cfg.get("model", {}), cfg.get("data", {})
+    arch = m.get("arch", "vit_small")
+    dim, depth, heads = ARCHS.get(arch, (None, None, None))
+    return {
+        "patch": m.get("patch_size", 16), "img": m.get("img_size", 224),
+        "dim": m.get("embed_dim", dim), "depth": m.get("depth", depth),
+        "heads": m.get("num_heads", heads), "drop_path": m.get("drop_path_rate", 0.1),
+        "out_dim": m.get("out_dim", 65536), "hidden": m.get("head_hidden_dim", 2048),
+        "bottleneck": m.get("head_bottleneck_dim", 256),
+        "batch": d.get("batch_size", 64), "global_px": d.get("global_crop_size", 224),
+        "local_px": d.get("local_crop_size", 96), "local_crops": d.get("local_crops_number", 8),
+        "path": path,
+    }
 
 
-def time_steps(batch: int, local_crops: int, steps: int, fused_attn: bool) -> dict:
+def make_dino(s: dict, drop_path_rate: float, fused_attn: bool) -> Dino:
+    backbone = Backbone(s["img"], s["patch"], s["dim"], s["depth"], s["heads"], drop_path_rate,
+                        fused_attn)
+    head = DINOHead(s["dim"], s["out_dim"], s["hidden"], s["bottleneck"], norm_last_layer=True)
+    return Dino(backbone, head)
+
+
+def time_steps(s: dict, batch: int, local_crops: int, steps: int, fused_attn: bool) -> dict:
     torch.manual_seed(0)
-    student = make_dino(DROP_PATH, fused_attn)
+    student = make_dino(s, s["drop_path"], fused_attn)
     # DINO builds the teacher without drop path and loads the student's weights.
-    teacher = make_dino(0.0, fused_attn)
+    teacher = make_dino(s, 0.0, fused_attn)
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
     optimizer = torch.optim.AdamW(params_groups(student, WEIGHT_DECAY), lr=LR)
-    center = torch.zeros(1, OUT_DIM)
+    center = torch.zeros(1, s["out_dim"])
     ncrops = N_GLOBAL + local_crops
-    globals_ = torch.randn(N_GLOBAL * batch, 3, GLOBAL_PX, GLOBAL_PX)
-    locals_ = torch.randn(local_crops * batch, 3, LOCAL_PX, LOCAL_PX)
+    globals_ = torch.randn(N_GLOBAL * batch, 3, s["global_px"], s["global_px"])
+    locals_ = torch.randn(local_crops * batch, 3, s["local_px"], s["local_px"])
 
     times = {k: [] for k in PHASES}
     for it in range(WARMUP + steps):
@@ -125,8 +153,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=30, help="timed steps after 5 warmup steps")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    ap.add_argument("--batch", type=int, default=32, help="images per crop (default 32)")
-    ap.add_argument("--local-crops", type=int, default=4, help="local crops (default 4)")
+    ap.add_argument("--config", help="one of our TOML configs (default configs/quickstart.toml)")
+    ap.add_argument("--batch", type=int, help="images per crop (default: the config's)")
+    ap.add_argument("--local-crops", type=int, help="local crops (default: the config's)")
     ap.add_argument("--fused-attn", action="store_true",
                     help="torch's scaled_dot_product_attention instead of DINO's explicit attention")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -137,13 +166,16 @@ def main() -> None:
         ap.error("--steps must be at least 1")
     torch.set_num_threads(args.threads)
 
-    times = time_steps(args.batch, args.local_crops, args.steps, args.fused_attn)
+    s = shape_of(args.config)
+    batch = args.batch or s["batch"]
+    local_crops = s["local_crops"] if args.local_crops is None else args.local_crops
+    times = time_steps(s, batch, local_crops, args.steps, args.fused_attn)
     medians = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    images_per_sec = args.batch / (medians["step"] / 1e3)
+    images_per_sec = batch / (medians["step"] / 1e3)
     attn = "fused SDPA" if args.fused_attn else "explicit"
     print(f"train step, pytorch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, "
-          f"batch {args.batch}, {N_GLOBAL}x{GLOBAL_PX}px + {args.local_crops}x{LOCAL_PX}px crops, "
-          f"{attn} attention, {args.steps} steps (median ms):")
+          f"{s['path']}, batch {batch}, {N_GLOBAL}x{s['global_px']}px + {local_crops}x{s['local_px']}px "
+          f"crops, {attn} attention, {args.steps} steps (median ms):")
     for k in PHASES:
         print(f"  {k:<10} {medians[k]:9.2f}")
     print(f"  images/s   {images_per_sec:9.1f}")

@@ -3,10 +3,11 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
-use burn::tensor::activation::gelu;
+
 use burn::tensor::backend::Backend;
 
 use crate::device::InferenceBackend;
+use crate::fused;
 
 use super::HeadConfig;
 use super::layers::{Init, Linear, constant, param};
@@ -71,7 +72,7 @@ impl<B: InferenceBackend> DinoHead<B> {
         for (i, layer) in self.mlp.iter().enumerate() {
             x = layer.forward(x);
             if i < last {
-                x = gelu(x);
+                x = fused::gelu(x);
             }
         }
         self.last_layer.forward(l2_normalize(x))

@@ -2,7 +2,7 @@
 //! (a Linear weight is `[d_out, d_in]`), so state dicts map tensor for tensor.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::gelu;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
@@ -10,6 +10,7 @@ use dino_pipeline::rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::device::InferenceBackend;
+use crate::fused;
 
 /// Parameters are drawn on the host from our own seeded stream, not the backend's: a model
 /// is then identical on every device, and the recipe's init is written once.
@@ -88,6 +89,15 @@ impl<B: InferenceBackend> Linear<B> {
         }
     }
 
+    /// Output features `start..start + len` only: [rows, d_in] -> [rows, len].
+    pub fn forward_rows(&self, x: Tensor<B, 2>, start: usize, len: usize) -> Tensor<B, 2> {
+        linear(
+            x,
+            self.weight.val().narrow(0, start, len).transpose(),
+            self.bias.as_ref().map(|b| b.val().narrow(0, start, len)),
+        )
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         // [..., d_in] -> [rows, d_in]: one large GEMM, which the CPU backend spreads over all
         // cores, instead of a batch of small ones
@@ -123,9 +133,7 @@ impl<B: InferenceBackend> LayerNorm<B> {
 
     /// Normalizes over the last dimension (biased variance, as PyTorch).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let (var, mean) = x.clone().var_mean_bias(D - 1);
-        let x = (x - mean) / (var + self.eps).sqrt();
-        x * self.weight.val().unsqueeze() + self.bias.val().unsqueeze()
+        fused::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
     }
 }
 
@@ -145,6 +153,6 @@ impl<B: InferenceBackend> Mlp<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        self.fc2.forward(fused::gelu(self.fc1.forward(x)))
     }
 }

@@ -4,7 +4,6 @@
 use burn::module::{Module, Param};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
@@ -16,6 +15,7 @@ use super::pos_embed::resize_matrix;
 use super::{Backbone, VitConfig};
 use crate::config::ModelConfig;
 use crate::device::InferenceBackend;
+use crate::fused;
 
 const LN_EPS: f64 = 1e-6;
 
@@ -68,25 +68,25 @@ impl<B: InferenceBackend> Attention<B> {
     /// softmax(q k^T / sqrt(head_dim)) [B, H, N, N] and v [B, H, N, hd].
     fn weights(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [b, n, d] = x.dims();
-        let hd = d / self.num_heads;
-        // qkv rows are (q|k|v) x heads x head_dim
-        let qkv = self.qkv.forward(x).reshape([b, n, 3, self.num_heads, hd]);
+        let (h, hd) = (self.num_heads, d / self.num_heads);
+        let x = x.reshape([b * n, d]);
+        // qkv's output rows are (q|k|v) x heads x head_dim: q, k and v each come from their
+        // third of the weight, so that each lands in its own [B*N, D] tensor and the heads
+        // are a view of it (no copy to split a [B, N, 3, H, hd] tensor, nor in the backward)
         let part = |i: usize| {
-            qkv.clone()
-                .narrow(2, i, 1)
-                .reshape([b, n, self.num_heads, hd])
-                .swap_dims(1, 2) // [B, H, N, hd]
+            let y = self.qkv.forward_rows(x.clone(), i * d, d); // [B*N, D]
+            y.reshape([b, n, h, hd]).swap_dims(1, 2) // [B, H, N, hd]
         };
         let (q, k, v) = (part(0), part(1), part(2));
-        let scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
-        (softmax(scores, 3), v)
+        let scores = q.matmul(k.swap_dims(2, 3)); // [B, H, N, N]
+        (fused::scaled_softmax(scores, (hd as f64).powf(-0.5)), v)
     }
 
     /// [B, N, D] -> [B, N, D]
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let (attn, v) = self.weights(x);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
+        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]); // heads concatenated
         self.proj.forward(out)
     }
 }

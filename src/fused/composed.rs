@@ -1,0 +1,110 @@
+//! The fused ops written with Burn's own tensor ops: what the CUDA backend runs (so it
+//! computes as the models did before the fused ops), and the reference the CPU kernels are
+//! tested against. Tensors are taken as [rows, d] over their last dimension.
+
+use burn::tensor::activation::{gelu as burn_gelu, softmax as burn_softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
+
+use super::LayerNormOut;
+
+/// `x` as [rows, last dim], and its shape to go back to.
+fn rows<B: Backend>(x: FloatTensor<B>) -> (Tensor<B, 2>, Shape) {
+    let shape = x.shape();
+    let d = *shape.last().expect("a tensor has a dimension");
+    let n = shape.num_elements() / d.max(1);
+    let x = B::float_reshape(x, Shape::new([n, d]));
+    (Tensor::from_primitive(TensorPrimitive::Float(x)), shape)
+}
+
+fn back<B: Backend, const D: usize>(x: Tensor<B, D>, shape: Shape) -> FloatTensor<B> {
+    B::float_reshape(x.into_primitive().tensor(), shape)
+}
+
+fn vector<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 1> {
+    let n = x.shape().num_elements();
+    Tensor::from_primitive(TensorPrimitive::Float(B::float_reshape(x, Shape::new([n]))))
+}
+
+pub fn gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let (x, shape) = rows::<B>(x);
+    back(burn_gelu(x), shape)
+}
+
+/// dy * (Φ(x) + x φ(x))
+pub fn gelu_backward<B: Backend>(x: FloatTensor<B>, dy: FloatTensor<B>) -> FloatTensor<B> {
+    let (x, shape) = rows::<B>(x);
+    let (dy, _) = rows::<B>(dy);
+    let cdf = ((x.clone() * std::f64::consts::FRAC_1_SQRT_2).erf() + 1.0) * 0.5;
+    let pdf = (x.clone().square() * -0.5).exp()
+        * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+    back(dy * (cdf + x * pdf), shape)
+}
+
+pub fn layer_norm<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    b: FloatTensor<B>,
+    eps: f64,
+) -> LayerNormOut<B> {
+    let (x, shape) = rows::<B>(x);
+    let (var, mean) = x.clone().var_mean_bias(1);
+    let std = (var + eps).sqrt();
+    let y =
+        (x - mean.clone()) / std.clone() * vector::<B>(w).unsqueeze() + vector::<B>(b).unsqueeze();
+    let n = mean.dims()[0];
+    LayerNormOut {
+        y: back(y, shape),
+        mean: mean.reshape([n]).into_primitive().tensor(),
+        rstd: std.recip().reshape([n]).into_primitive().tensor(),
+    }
+}
+
+/// (dx, dw, db) for the output gradient `dy`.
+pub fn layer_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+    dy: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (x, shape) = rows::<B>(x);
+    let (dy, _) = rows::<B>(dy);
+    let d = x.dims()[1];
+    let (mean, rstd) = (
+        vector::<B>(mean).unsqueeze_dim(1),
+        vector::<B>(rstd).unsqueeze_dim(1),
+    );
+    let xhat = (x - mean) * rstd.clone();
+    let g = dy.clone() * vector::<B>(w).unsqueeze();
+    let a = g.clone().mean_dim(1);
+    let c = (g.clone() * xhat.clone()).mean_dim(1);
+    let dx = (g - a - xhat.clone() * c) * rstd;
+    let dw = (dy.clone() * xhat).sum_dim(0).reshape([d]);
+    let db = dy.sum_dim(0).reshape([d]);
+    (
+        back(dx, shape),
+        back(dw, Shape::new([d])),
+        back(db, Shape::new([d])),
+    )
+}
+
+/// softmax(scale * x); a scale of exactly 1 is not multiplied (the composed op of before)
+pub fn softmax<B: Backend>(x: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
+    let (x, shape) = rows::<B>(x);
+    let x = if scale == 1.0 { x } else { x * scale };
+    back(burn_softmax(x, 1), shape)
+}
+
+/// scale * y (dy - Σ y dy) from the output `y`.
+pub fn softmax_backward<B: Backend>(
+    y: FloatTensor<B>,
+    dy: FloatTensor<B>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let (y, shape) = rows::<B>(y);
+    let (dy, _) = rows::<B>(dy);
+    let dot = (y.clone() * dy.clone()).sum_dim(1);
+    back(y * (dy - dot) * scale, shape)
+}

@@ -1,0 +1,396 @@
+//! Fused ops: a backend extension (Burn's custom-op pattern) for the ops that, written with
+//! Burn's tensor ops, cost a pass over memory per elementary step, forward and backward:
+//! the exact GELU, layer norm with affine, and softmax over the last dimension.
+//!
+//! - [`FusedKernels`]: an inner backend's forward and backward kernels. The CPU (`Flex`)
+//!   runs this project's vectorized, thread-count-deterministic kernels (`cpu.rs`); CUDA runs
+//!   the composed Burn ops (`composed.rs`), as the models did before.
+//! - [`FusedOps`]: the differentiable forward ops the models call; on `Autodiff<B>` each is
+//!   one graph node whose backward is `B`'s backward kernel.
+
+mod composed;
+mod cpu;
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+pub use cpu::vectorized;
+
+/// A layer norm's output and, per row, the statistics its backward needs.
+pub struct LayerNormOut<B: Backend> {
+    pub y: FloatTensor<B>,
+    /// [rows]
+    pub mean: FloatTensor<B>,
+    /// [rows], 1 / sqrt(var + eps)
+    pub rstd: FloatTensor<B>,
+}
+
+/// Forward and backward kernels of an inner (non-autodiff) backend. Row ops work over the
+/// last dimension.
+pub trait FusedKernels: Backend {
+    /// x Φ(x), Φ the standard normal CDF (PyTorch's `gelu`, not its tanh approximation)
+    fn gelu_kernel(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn gelu_backward_kernel(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// (x - mean) / sqrt(var + eps) * w + b per row, the variance biased (PyTorch's)
+    fn layer_norm_kernel(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        eps: f64,
+    ) -> LayerNormOut<Self>;
+    /// (dx, dw, db)
+    fn layer_norm_backward_kernel(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// softmax(scale * x)
+    fn softmax_kernel(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
+    /// from the softmax's output `y`
+    fn softmax_backward_kernel(
+        y: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self>;
+}
+
+/// The differentiable fused ops.
+pub trait FusedOps: Backend {
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self>;
+    fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
+}
+
+fn float<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
+    x.into_primitive().tensor()
+}
+
+fn tensor<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+/// The exact GELU, elementwise.
+pub fn gelu<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    tensor(B::fused_gelu(float(x)))
+}
+
+/// Layer norm over the last dimension with weight and bias [d].
+pub fn layer_norm<B: FusedOps, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 1>,
+    b: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    tensor(B::fused_layer_norm(float(x), float(w), float(b), eps))
+}
+
+/// Softmax over the last dimension.
+pub fn softmax<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    scaled_softmax(x, 1.0)
+}
+
+/// softmax(scale * x) over the last dimension, in one pass (and one backward pass).
+pub fn scaled_softmax<B: FusedOps, const D: usize>(x: Tensor<B, D>, scale: f64) -> Tensor<B, D> {
+    // the kernels subtract the row max before scaling, which needs scale > 0
+    assert!(
+        scale > 0.0,
+        "scaled_softmax: scale {scale} must be positive"
+    );
+    tensor(B::fused_softmax(float(x), scale))
+}
+
+/// An inner backend runs its kernels directly (no graph, so no statistics kept).
+impl<B: FusedKernels> FusedOps for B {
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        B::gelu_kernel(x)
+    }
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        B::layer_norm_kernel(x, w, b, eps).y
+    }
+    fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        B::softmax_kernel(x, scale)
+    }
+}
+
+#[derive(Debug)]
+struct GeluBackward;
+
+impl<B: FusedKernels> Backward<B, 1> for GeluBackward {
+    /// the input
+    type State = FloatTensor<B>;
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+            B::gelu_backward_kernel(x, dy)
+        });
+    }
+}
+
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl<B: FusedKernels> Backward<B, 3> for LayerNormBackward {
+    /// input, weight, mean, rstd
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+    );
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, w_node, b_node] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, w, mean, rstd) = ops.state;
+        let (dx, dw, db) = B::layer_norm_backward_kernel(x, w, mean, rstd, dy);
+        for (node, grad) in [(x_node, dx), (w_node, dw), (b_node, db)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SoftmaxBackward;
+
+impl<B: FusedKernels> Backward<B, 1> for SoftmaxBackward {
+    /// the output, and the scale
+    type State = (FloatTensor<B>, f64);
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (y, scale) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+            B::softmax_backward_kernel(y, dy, scale)
+        });
+    }
+}
+
+impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GeluBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::gelu_kernel(x.primitive.clone());
+                prep.finish(x.primitive, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::gelu_kernel(x.primitive)),
+        }
+    }
+
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        match LayerNormBackward
+            .prepare::<C>([x.node.clone(), w.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::layer_norm_kernel(
+                    x.primitive.clone(),
+                    w.primitive.clone(),
+                    b.primitive,
+                    eps,
+                );
+                prep.finish((x.primitive, w.primitive, out.mean, out.rstd), out.y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::layer_norm_kernel(x.primitive, w.primitive, b.primitive, eps).y)
+            }
+        }
+    }
+
+    fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        match SoftmaxBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::softmax_kernel(x.primitive, scale);
+                prep.finish((y.clone(), scale), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::softmax_kernel(x.primitive, scale)),
+        }
+    }
+}
+
+mod flex {
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexTensor;
+    use burn::tensor::ops::FloatTensor;
+    use burn::tensor::{DType, TensorData, TensorMetadata};
+
+    use super::{FusedKernels, LayerNormOut, composed, cpu};
+
+    /// `x` contiguous, or `None` for another dtype than f32 or no values at all (which then
+    /// run the composed ops: Flex computes those in any float dtype).
+    fn values(x: &FlexTensor) -> Option<FlexTensor> {
+        let usable = x.dtype() == DType::F32 && x.shape().num_elements() > 0;
+        usable.then(|| x.to_contiguous())
+    }
+
+    fn slice(x: &FlexTensor) -> &[f32] {
+        x.as_slice::<f32>().expect("contiguous f32")
+    }
+
+    fn like(values: Vec<f32>, x: &FlexTensor) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, x.shape()))
+    }
+
+    impl FusedKernels for Flex {
+        fn gelu_kernel(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            match values(&x) {
+                Some(c) => like(cpu::gelu(slice(&c)), &x),
+                None => composed::gelu::<Flex>(x),
+            }
+        }
+
+        fn gelu_backward_kernel(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+            match (values(&x), values(&dy)) {
+                (Some(xc), Some(dyc)) => like(cpu::gelu_backward(slice(&xc), slice(&dyc)), &x),
+                _ => composed::gelu_backward::<Flex>(x, dy),
+            }
+        }
+
+        fn layer_norm_kernel(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            b: FloatTensor<Self>,
+            eps: f64,
+        ) -> LayerNormOut<Self> {
+            match (values(&x), values(&w), values(&b)) {
+                (Some(xc), Some(wc), Some(bc)) => {
+                    let out = cpu::layer_norm(slice(&xc), slice(&wc), slice(&bc), eps as f32);
+                    let rows = out.mean.len();
+                    LayerNormOut {
+                        y: like(out.y, &x),
+                        mean: FlexTensor::from_data(TensorData::new(out.mean, [rows])),
+                        rstd: FlexTensor::from_data(TensorData::new(out.rstd, [rows])),
+                    }
+                }
+                _ => composed::layer_norm::<Flex>(x, w, b, eps),
+            }
+        }
+
+        fn layer_norm_backward_kernel(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            mean: FloatTensor<Self>,
+            rstd: FloatTensor<Self>,
+            dy: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let all = [&x, &w, &mean, &rstd, &dy].map(values);
+            match all {
+                [Some(xc), Some(wc), Some(mc), Some(rc), Some(dyc)] => {
+                    let (dx, dw, db) = cpu::layer_norm_backward(
+                        slice(&xc),
+                        slice(&wc),
+                        slice(&mc),
+                        slice(&rc),
+                        slice(&dyc),
+                    );
+                    (like(dx, &x), like(dw, &w), like(db, &w))
+                }
+                _ => composed::layer_norm_backward::<Flex>(x, w, mean, rstd, dy),
+            }
+        }
+
+        fn softmax_kernel(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+            match values(&x) {
+                Some(c) => {
+                    let d = *x.shape().last().expect("a tensor has a dimension");
+                    like(cpu::softmax(slice(&c), d, scale as f32), &x)
+                }
+                None => composed::softmax::<Flex>(x, scale),
+            }
+        }
+
+        fn softmax_backward_kernel(
+            y: FloatTensor<Self>,
+            dy: FloatTensor<Self>,
+            scale: f64,
+        ) -> FloatTensor<Self> {
+            match (values(&y), values(&dy)) {
+                (Some(yc), Some(dyc)) => {
+                    let d = *y.shape().last().expect("a tensor has a dimension");
+                    let dx = cpu::softmax_backward(slice(&yc), slice(&dyc), d, scale as f32);
+                    like(dx, &y)
+                }
+                _ => composed::softmax_backward::<Flex>(y, dy, scale),
+            }
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use burn::backend::Cuda;
+    use burn::tensor::ops::FloatTensor;
+
+    use super::{FusedKernels, LayerNormOut, composed};
+
+    impl FusedKernels for Cuda {
+        fn gelu_kernel(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            composed::gelu::<Cuda>(x)
+        }
+        fn gelu_backward_kernel(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+            composed::gelu_backward::<Cuda>(x, dy)
+        }
+        fn layer_norm_kernel(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            b: FloatTensor<Self>,
+            eps: f64,
+        ) -> LayerNormOut<Self> {
+            composed::layer_norm::<Cuda>(x, w, b, eps)
+        }
+        fn layer_norm_backward_kernel(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            mean: FloatTensor<Self>,
+            rstd: FloatTensor<Self>,
+            dy: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            composed::layer_norm_backward::<Cuda>(x, w, mean, rstd, dy)
+        }
+        fn softmax_kernel(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+            composed::softmax::<Cuda>(x, scale)
+        }
+        fn softmax_backward_kernel(
+            y: FloatTensor<Self>,
+            dy: FloatTensor<Self>,
+            scale: f64,
+        ) -> FloatTensor<Self> {
+            composed::softmax_backward::<Cuda>(y, dy, scale)
+        }
+    }
+}
+
+/// The composed references, for the tests that check the kernels against them.
+pub mod reference {
+    pub use super::composed::*;
+}

@@ -1,0 +1,341 @@
+//! The fused ops (src/fused) against the composed Burn ops they replace, which are also what
+//! the CUDA backend runs: forward values and autodiff gradients on random inputs of edge
+//! shapes (one row, odd widths, rows longer than a cache line, more rows than a parallel
+//! block, non-contiguous and 3-D inputs), the composed backward formulas against autodiff,
+//! and a training step's bits with 1 and 2 threads. Errors are relative to the largest
+//! magnitude of the reference tensor.
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use dino_stream::config::Config;
+use dino_stream::fused::{self, reference};
+use dino_stream::images::Images;
+use dino_stream::model::VisionTransformer;
+use dino_stream::optim::OneDevice;
+use dino_stream::params;
+use dino_stream::train::step::{Models, Schedules, dino_step};
+
+type Ad = Autodiff<Flex>;
+
+const SHAPES: [[usize; 2]; 7] = [
+    [1, 1],
+    [1, 7],
+    [3, 96],
+    [5, 33],
+    [2, 1031],
+    [70, 384],
+    [33, 8],
+];
+
+/// Values in [-scale, scale) from a fixed LCG (no backend RNG: the draws stay the same).
+fn random(shape: [usize; 2], seed: u64, scale: f32) -> Tensor<Flex, 2> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let values: Vec<f32> = (0..shape[0] * shape[1])
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), &Default::default())
+}
+
+fn values<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
+    got.iter()
+        .zip(want)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+fn close(what: &str, got: Vec<f32>, want: Vec<f32>, tolerance: f32) {
+    let err = rel_err(&got, &want);
+    assert!(err <= tolerance, "{what}: relative error {err:e}");
+}
+
+fn prim<B: burn::tensor::backend::Backend, const D: usize>(
+    t: Tensor<B, D>,
+) -> burn::tensor::ops::FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn tensor<B: burn::tensor::backend::Backend, const D: usize>(
+    p: burn::tensor::ops::FloatTensor<B>,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+fn ad<const D: usize>(t: &Tensor<Flex, D>) -> Tensor<Ad, D> {
+    Tensor::from_inner(t.clone()).require_grad()
+}
+
+/// The inputs of one case: `x` as given and, for the non-contiguous case, as the transpose
+/// of a [d, rows] tensor.
+fn inputs(shape: [usize; 2], seed: u64, scale: f32) -> Vec<(String, Tensor<Flex, 2>)> {
+    let x = random(shape, seed, scale);
+    let t = random([shape[1], shape[0]], seed + 1, scale).transpose();
+    vec![
+        (format!("{shape:?}"), x),
+        (format!("{shape:?} non-contiguous"), t),
+    ]
+}
+
+/// GELU's errors are relative to the input's scale (its output and gradient are at most
+/// |x| and 1.13 |dy|): the composed op computes 1 + erf(x / √2), which cancels for x < -3,
+/// so its tail values are only good to ~1e-7 absolute; the kernel's erfc does not cancel.
+#[test]
+fn gelu_matches_the_composed_op_and_its_gradient() {
+    let max_abs = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let close_to = |what: &str, got: Vec<f32>, want: &[f32], scale: f32, tolerance: f32| {
+        let err = got
+            .iter()
+            .zip(want)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale;
+        assert!(
+            err <= tolerance,
+            "{what}: error {err:e} of the scale {scale}"
+        );
+    };
+    for (i, shape) in SHAPES.iter().enumerate() {
+        for (case, x) in inputs(*shape, i as u64, 6.0) {
+            let scale = max_abs(&values(x.clone()));
+            let want = values(tensor::<Flex, 2>(reference::gelu::<Flex>(prim(x.clone()))));
+            let got = values(fused::gelu(x.clone()));
+            close_to(&format!("gelu {case}"), got, &want, scale, 1e-6);
+
+            let r = random(*shape, 100 + i as u64, 1.0);
+            let scale = max_abs(&values(r.clone()));
+            let (xa, xb) = (ad(&x), ad(&x));
+            let ga = (fused::gelu(xa.clone()) * Tensor::from_inner(r.clone()))
+                .sum()
+                .backward();
+            let ref_y = tensor::<Ad, 2>(reference::gelu::<Ad>(prim(xb.clone())));
+            let gb = (ref_y * Tensor::from_inner(r.clone())).sum().backward();
+            let want = values(xb.grad(&gb).unwrap());
+            let got = values(xa.grad(&ga).unwrap());
+            close_to(&format!("gelu grad {case}"), got, &want, scale, 1e-5);
+            // the composed backward (CUDA's) against autodiff of the composed forward
+            let composed = reference::gelu_backward::<Flex>(prim(x.clone()), prim(r));
+            let composed = values(tensor::<Flex, 2>(composed));
+            close_to(
+                &format!("composed gelu grad {case}"),
+                composed,
+                &want,
+                scale,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn layer_norm_matches_the_composed_op_and_its_gradients() {
+    for (i, shape) in SHAPES.iter().enumerate() {
+        let d = shape[1];
+        let w = random([1, d], 200 + i as u64, 2.0).reshape([d]);
+        let b = random([1, d], 300 + i as u64, 1.0).reshape([d]);
+        for (case, x) in inputs(*shape, i as u64, 3.0) {
+            // an offset that a one-pass variance would lose digits to
+            let x = x + 5.0;
+            let want = reference::layer_norm::<Flex>(
+                prim(x.clone()),
+                prim(w.clone()),
+                prim(b.clone()),
+                1e-6,
+            );
+            let got = fused::layer_norm(x.clone(), w.clone(), b.clone(), 1e-6);
+            close(
+                &format!("layer norm {case}"),
+                values(got),
+                values(tensor::<Flex, 2>(want.y)),
+                1e-5,
+            );
+
+            let r = random(*shape, 400 + i as u64, 1.0);
+            let (xa, wa, ba) = (ad(&x), ad(&w), ad(&b));
+            let ga = (fused::layer_norm(xa.clone(), wa.clone(), ba.clone(), 1e-6)
+                * Tensor::from_inner(r.clone()))
+            .sum()
+            .backward();
+            let (xb, wb, bb) = (ad(&x), ad(&w), ad(&b));
+            let ref_y = reference::layer_norm::<Ad>(
+                prim(xb.clone()),
+                prim(wb.clone()),
+                prim(bb.clone()),
+                1e-6,
+            )
+            .y;
+            let gb = (tensor::<Ad, 2>(ref_y) * Tensor::from_inner(r.clone()))
+                .sum()
+                .backward();
+            let want_x = values(xb.grad(&gb).unwrap());
+            let want_w = values(wb.grad(&gb).unwrap());
+            let want_b = values(bb.grad(&gb).unwrap());
+            close(
+                &format!("layer norm dx {case}"),
+                values(xa.grad(&ga).unwrap()),
+                want_x.clone(),
+                1e-5,
+            );
+            close(
+                &format!("layer norm dw {case}"),
+                values(wa.grad(&ga).unwrap()),
+                want_w.clone(),
+                1e-5,
+            );
+            close(
+                &format!("layer norm db {case}"),
+                values(ba.grad(&ga).unwrap()),
+                want_b.clone(),
+                1e-5,
+            );
+
+            let (dx, dw, db) = reference::layer_norm_backward::<Flex>(
+                prim(x.clone()),
+                prim(w.clone()),
+                want.mean,
+                want.rstd,
+                prim(r),
+            );
+            close(
+                &format!("composed layer norm dx {case}"),
+                values(tensor::<Flex, 2>(dx)),
+                want_x,
+                1e-5,
+            );
+            close(
+                &format!("composed layer norm dw {case}"),
+                values(tensor::<Flex, 1>(dw)),
+                want_w,
+                1e-5,
+            );
+            close(
+                &format!("composed layer norm db {case}"),
+                values(tensor::<Flex, 1>(db)),
+                want_b,
+                1e-5,
+            );
+        }
+    }
+}
+
+/// Plain, and scaled as the attention uses it (1 / sqrt(32)).
+#[test]
+fn softmax_matches_the_composed_op_and_its_gradient() {
+    for scale in [1.0, 32f64.powf(-0.5)] {
+        for (i, shape) in SHAPES.iter().enumerate() {
+            for (case, x) in inputs(*shape, i as u64, 8.0) {
+                let case = format!("{case} scale {scale}");
+                let want = reference::softmax::<Flex>(prim(x.clone()), scale);
+                let want = tensor::<Flex, 2>(want);
+                let got = fused::scaled_softmax(x.clone(), scale);
+                close(
+                    &format!("softmax {case}"),
+                    values(got),
+                    values(want.clone()),
+                    1e-5,
+                );
+
+                let r = random(*shape, 500 + i as u64, 1.0);
+                let (xa, xb) = (ad(&x), ad(&x));
+                let ga = (fused::scaled_softmax(xa.clone(), scale) * Tensor::from_inner(r.clone()))
+                    .sum()
+                    .backward();
+                let ref_y = tensor::<Ad, 2>(reference::softmax::<Ad>(prim(xb.clone()), scale));
+                let gb = (ref_y * Tensor::from_inner(r.clone())).sum().backward();
+                let want_grad = values(xb.grad(&gb).unwrap());
+                let got = values(xa.grad(&ga).unwrap());
+                close(
+                    &format!("softmax grad {case}"),
+                    got,
+                    want_grad.clone(),
+                    1e-5,
+                );
+                let composed = reference::softmax_backward::<Flex>(prim(want), prim(r), scale);
+                let composed = values(tensor::<Flex, 2>(composed));
+                close(
+                    &format!("composed softmax grad {case}"),
+                    composed,
+                    want_grad,
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
+/// Row ops work over the last dimension of any rank.
+#[test]
+fn fused_ops_take_any_rank() {
+    let x = random([6, 17], 7, 2.0);
+    let x3 = x.clone().reshape([2, 3, 17]);
+    let (w, b) = (
+        random([1, 17], 8, 1.0).reshape([17]),
+        random([1, 17], 9, 1.0).reshape([17]),
+    );
+    assert_eq!(
+        values(fused::softmax(x3.clone())),
+        values(fused::softmax(x.clone()))
+    );
+    assert_eq!(
+        values(fused::layer_norm(x3.clone(), w.clone(), b.clone(), 1e-6)),
+        values(fused::layer_norm(x.clone(), w, b, 1e-6))
+    );
+    assert_eq!(values(fused::gelu(x3)), values(fused::gelu(x)));
+}
+
+/// Two DINO steps of a small ViT from the same seed on the same crops give bit-identical
+/// parameters with 1 and with 2 rayon threads: the kernels' reductions do not depend on how
+/// the rows are split over threads (nor do Burn's own ops).
+#[test]
+fn a_training_step_is_bit_identical_for_one_and_two_threads() {
+    let cfg = Config::parse(
+        "[model]\narch = \"custom\"\npatch_size = 8\nimg_size = 32\nembed_dim = 48\ndepth = 2\n\
+         num_heads = 3\nout_dim = 256\nhead_hidden_dim = 64\nhead_bottleneck_dim = 32\n\
+         [data]\nbatch_size = 8\nglobal_crop_size = 32\nlocal_crop_size = 16\nlocal_crops_number = 2",
+        "test",
+        &[],
+    )
+    .unwrap();
+    let run = || {
+        let device = Default::default();
+        let mut models = Models::<Ad, VisionTransformer<Ad>>::new(&cfg, &device);
+        let schedules = Schedules::new(&cfg, 10, cfg.data.batch_size);
+        for step in 0..2 {
+            let images = Images {
+                globals: random([16, 3 * 32 * 32], 20 + step, 2.0).reshape([16, 3, 32, 32]),
+                locals: Some(random([16, 3 * 16 * 16], 30 + step, 2.0).reshape([16, 3, 16, 16])),
+                n_globals: 16,
+                n_locals: 16,
+                next: Default::default(),
+            };
+            let h = schedules.at(step, 0);
+            (models, _) = dino_step(models, images, &h, &mut OneDevice, &mut |_| {}).unwrap();
+        }
+        params::to_host(&params::collect(&models.student.valid()))
+    };
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(run)
+    };
+    let (one, two) = (on(1), on(2));
+    assert_eq!(one.len(), two.len());
+    for (name, (_, a)) in &one {
+        let b = &two[name].1;
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{name} differs between 1 and 2 threads");
+    }
+}

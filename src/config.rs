@@ -7,6 +7,7 @@ use dino_pipeline::augment::ViewSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{BackboneKind, HeadConfig, VitConfig};
+use crate::precision::Precision;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -117,6 +118,14 @@ pub struct RunConfig {
     pub keep_checkpoints: usize,
     /// stop after this many steps in total (0: run all epochs); for smoke runs and tests
     pub max_steps: u64,
+    /// compute threads (the rayon pool of the CPU kernels), and the loader's workers unless
+    /// `data.workers` is set; 0 = one per core. The two share the cores: on 2 cores, 2 of
+    /// each measured as fast as 1 loader worker (the loader needs a fraction of a core).
+    pub threads: usize,
+    /// "fp32", or "bf16": the networks' matmuls, convolutions and attention in bf16, with
+    /// f32 master weights, optimizer state, teacher, centre, loss and normalization
+    /// statistics
+    pub precision: Precision,
 }
 
 impl Default for ModelConfig {
@@ -323,6 +332,8 @@ impl Default for RunConfig {
             checkpoint_every: 0,
             keep_checkpoints: 3,
             max_steps: 0,
+            threads: 0,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -564,7 +575,16 @@ impl Config {
             1,
             1 << 16,
         )?;
+        within("run.threads", self.run.threads, 0, MAX_WORKERS)?;
         Ok(())
+    }
+
+    /// `run.threads` with 0 resolved to the cores this process may use.
+    pub fn threads(&self) -> usize {
+        match self.run.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 }
 

@@ -2,20 +2,27 @@
 //! device, as the recipe's `ToTensor` + `Normalize`.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use dino_pipeline::batch::{Batch, Position};
 
 /// ImageNet statistics, as the recipe's `Normalize`.
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// `bytes` holds `shape` = [n, H, W, 3] packed RGB; -> [n, 3, H, W]. Burn converts u8 data
-/// for a float tensor to f32 on the host, so the device receives 4 bytes per value; the
-/// normalization runs on the device.
+/// `bytes` holds `shape` = [n, H, W, 3] packed RGB; -> [n, 3, H, W]. The bytes go to the
+/// device as a u8 tensor (a float tensor made from them would be converted to f32 on the
+/// host, single-threaded, and upload 4 bytes per value); the cast to float and the
+/// normalization run on the device.
 pub fn to_device<B: Backend>(bytes: &[u8], shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
-    let x = Tensor::<B, 4>::from_data(TensorData::new(bytes.to_vec(), shape), device);
-    let mean = Tensor::<B, 1>::from_floats(MEAN, device).reshape([1, 1, 1, 3]);
-    let std = Tensor::<B, 1>::from_floats(STD, device).reshape([1, 1, 1, 3]);
+    let data = TensorData::new(bytes.to_vec(), shape);
+    normalize(Tensor::<B, 4, Int>::from_data(data, (device, DType::U8)).float())
+}
+
+/// [n, H, W, 3] values in 0..=255 -> [n, 3, H, W] normalized.
+pub fn normalize<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let device = x.device();
+    let mean = Tensor::<B, 1>::from_floats(MEAN, &device).reshape([1, 1, 1, 3]);
+    let std = Tensor::<B, 1>::from_floats(STD, &device).reshape([1, 1, 1, 3]);
     ((x / 255.0 - mean) / std).permute([0, 3, 1, 2])
 }
 

@@ -13,5 +13,6 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod params;
+pub mod precision;
 pub mod schedule;
 pub mod train;

@@ -2,11 +2,12 @@
 //! global view and the student distribution of every other view (`DINOLoss` of the official
 //! code), and the centre that keeps the teacher from collapsing.
 
-use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::{DType, ElementConversion, Tensor};
 
 use crate::device::InferenceBackend;
+use crate::fused;
+use crate::precision::in_dtype;
 
 pub struct DinoLoss<B: Backend> {
     pub student_temp: f64,
@@ -38,14 +39,15 @@ impl<B: InferenceBackend> DinoLoss<B> {
         }
     }
 
-    /// softmax((t - center) / temp) per row: [2B, K] -> [2B, K].
+    /// softmax((t - center) / temp) per row, in f32: [2B, K] -> [2B, K].
     pub fn teacher_targets(&self, teacher_out: Tensor<B, 2>, teacher_temp: f64) -> Tensor<B, 2> {
-        softmax((teacher_out - self.center.clone()) / teacher_temp, 1)
+        let teacher_out = in_dtype(teacher_out, DType::F32);
+        fused::scaled_softmax(teacher_out - self.center.clone(), 1.0 / teacher_temp)
     }
 
     /// center <- m * center + (1 - m) * mean of the raw teacher logits; after the loss.
     pub fn update_center(&mut self, teacher_out: Tensor<B, 2>) {
-        let batch_center = teacher_out.mean_dim(0); // [1, K]
+        let batch_center = in_dtype(teacher_out, DType::F32).mean_dim(0); // [1, K]
         self.center = self.center.clone() * self.center_momentum
             + batch_center * (1.0 - self.center_momentum);
     }
@@ -57,12 +59,14 @@ impl<B: InferenceBackend> DinoLoss<B> {
     /// view v != i) pairs and over the batch.
     pub fn forward<A>(&self, student_out: Tensor<A, 2>, targets: Tensor<A, 2>) -> Tensor<A, 1>
     where
-        A: AutodiffBackend<InnerBackend = B>,
+        A: AutodiffBackend<InnerBackend = B> + InferenceBackend,
     {
         let [rows, k] = student_out.dims();
         let b = targets.dims()[0] / 2;
         let views = rows / b;
-        let log_p = log_softmax(student_out / self.student_temp, 1).reshape([views, b, k]);
+        let student_out = in_dtype(student_out, DType::F32);
+        let log_p = fused::scaled_log_softmax(student_out, 1.0 / self.student_temp);
+        let log_p = log_p.reshape([views, b, k]);
         let q = targets.reshape([2, b, k]);
         // sum over v != i of log p_v = (sum over all v) - log p_i
         let others = log_p.clone().sum_dim(0) - log_p.narrow(0, 0, 2); // [2, B, K]

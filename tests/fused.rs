@@ -232,40 +232,60 @@ fn layer_norm_matches_the_composed_op_and_its_gradients() {
 /// Plain, and scaled as the attention uses it (1 / sqrt(32)).
 #[test]
 fn softmax_matches_the_composed_op_and_its_gradient() {
-    for scale in [1.0, 32f64.powf(-0.5)] {
+    row_op_matches(
+        "softmax",
+        fused::scaled_softmax,
+        reference::softmax::<Flex>,
+        reference::softmax::<Ad>,
+        reference::softmax_backward::<Flex>,
+    );
+}
+
+#[test]
+fn log_softmax_matches_the_composed_op_and_its_gradient() {
+    row_op_matches(
+        "log_softmax",
+        fused::scaled_log_softmax,
+        reference::log_softmax::<Flex>,
+        reference::log_softmax::<Ad>,
+        reference::log_softmax_backward::<Flex>,
+    );
+}
+
+type Prim<B> = burn::tensor::ops::FloatTensor<B>;
+
+/// A scaled row op (`fused`, generic over the backend) against its composed forward on
+/// Flex and Autodiff and its composed backward formula, at the scales the models use
+/// (attention's 1/sqrt(32), the student temperature's 10).
+fn row_op_matches(
+    name: &str,
+    fused: impl Fn(Tensor<Ad, 2>, f64) -> Tensor<Ad, 2> + Copy,
+    reference: impl Fn(Prim<Flex>, f64) -> Prim<Flex>,
+    reference_ad: impl Fn(Prim<Ad>, f64) -> Prim<Ad>,
+    reference_backward: impl Fn(Prim<Flex>, Prim<Flex>, f64) -> Prim<Flex>,
+) {
+    for scale in [1.0, 32f64.powf(-0.5), 10.0] {
         for (i, shape) in SHAPES.iter().enumerate() {
             for (case, x) in inputs(*shape, i as u64, 8.0) {
-                let case = format!("{case} scale {scale}");
-                let want = reference::softmax::<Flex>(prim(x.clone()), scale);
-                let want = tensor::<Flex, 2>(want);
-                let got = fused::scaled_softmax(x.clone(), scale);
-                close(
-                    &format!("softmax {case}"),
-                    values(got),
-                    values(want.clone()),
-                    1e-5,
-                );
+                let case = format!("{name} {case} scale {scale}");
+                let want = tensor::<Flex, 2>(reference(prim(x.clone()), scale));
+                let got = fused(ad(&x), scale).inner();
+                close(&case, values(got), values(want.clone()), 1e-5);
 
                 let r = random(*shape, 500 + i as u64, 1.0);
                 let (xa, xb) = (ad(&x), ad(&x));
-                let ga = (fused::scaled_softmax(xa.clone(), scale) * Tensor::from_inner(r.clone()))
+                let ga = (fused(xa.clone(), scale) * Tensor::from_inner(r.clone()))
                     .sum()
                     .backward();
-                let ref_y = tensor::<Ad, 2>(reference::softmax::<Ad>(prim(xb.clone()), scale));
+                let ref_y = tensor::<Ad, 2>(reference_ad(prim(xb.clone()), scale));
                 let gb = (ref_y * Tensor::from_inner(r.clone())).sum().backward();
                 let want_grad = values(xb.grad(&gb).unwrap());
                 let got = values(xa.grad(&ga).unwrap());
+                close(&format!("{case} grad"), got, want_grad.clone(), 1e-5);
+                let composed = tensor::<Flex, 2>(reference_backward(prim(want), prim(r), scale));
                 close(
-                    &format!("softmax grad {case}"),
-                    got,
-                    want_grad.clone(),
-                    1e-5,
-                );
-                let composed = reference::softmax_backward::<Flex>(prim(want), prim(r), scale);
-                let composed = values(tensor::<Flex, 2>(composed));
-                close(
-                    &format!("composed softmax grad {case}"),
-                    composed,
+                    &format!("{case} composed grad"),
+                    values(composed),
                     want_grad,
                     1e-5,
                 );
@@ -320,7 +340,7 @@ fn a_training_step_is_bit_identical_for_one_and_two_threads() {
                 next: Default::default(),
             };
             let h = schedules.at(step, 0);
-            (models, _) = dino_step(models, images, &h, &mut OneDevice, &mut |_| {}).unwrap();
+            (models, _) = dino_step(models, images, &h, &mut OneDevice, &mut |_| {});
         }
         params::to_host(&params::collect(&models.student.valid()))
     };
@@ -337,5 +357,40 @@ fn a_training_step_is_bit_identical_for_one_and_two_threads() {
         let b = &two[name].1;
         let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
         assert!(same, "{name} differs between 1 and 2 threads");
+    }
+}
+
+/// The models' attention (inner backend and autodiff) against Burn's own attention op (what
+/// the CUDA teacher runs as flash attention), on token counts of the crops (17, 65, 197),
+/// one token, an odd head width, and one long enough for the CPU's tiled (flash) kernel.
+#[test]
+fn attention_matches_burns_attention_op() {
+    for (i, [b, h, n, hd]) in [
+        [2, 3, 65, 32],
+        [3, 2, 17, 5],
+        [1, 6, 197, 64],
+        [1, 1, 1, 8],
+        [1, 2, 600, 16],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let qkv = [0, 1, 2]
+            .map(|j| random([b * h * n, hd], 40 + 3 * i as u64 + j, 2.0).reshape([b, h, n, hd]));
+        let [q, k, v] = qkv.clone();
+        let want = values(burn::tensor::module::attention(
+            q,
+            k,
+            v,
+            None,
+            None,
+            Default::default(),
+        ));
+        let [q, k, v] = qkv.clone();
+        let case = format!("attention {:?}", [b, h, n, hd]);
+        close(&case, values(fused::attention(q, k, v)), want.clone(), 1e-5);
+        let [q, k, v] = qkv.map(|t| ad(&t));
+        let got = values(fused::attention(q, k, v).inner());
+        close(&format!("{case} autodiff"), got, want, 1e-5);
     }
 }

@@ -80,6 +80,32 @@ fn reference_vit(r: &HostTensors) -> VisionTransformer<Inner> {
     params::load(vit, &subset(r, "vit.", str::to_string), &device).unwrap()
 }
 
+/// The crops go to the device as u8 and are cast and normalized there: equal to
+/// (x / 255 - mean) / std computed on the host, NHWC -> NCHW.
+#[test]
+fn images_are_normalized_on_the_device_as_on_the_host() {
+    let (n, hh, ww) = (3, 5, 7);
+    let bytes: Vec<u8> = (0..n * hh * ww * 3).map(|i| (i * 37 % 256) as u8).collect();
+    let got = values(dino_stream::images::to_device::<Inner>(
+        &bytes,
+        [n, hh, ww, 3],
+        &Default::default(),
+    ));
+    let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+    let mut want = Vec::new();
+    for i in 0..n {
+        for c in 0..3 {
+            for p in 0..hh * ww {
+                let x = bytes[(i * hh * ww + p) * 3 + c] as f32;
+                want.push((x / 255.0 - mean[c]) / std[c]);
+            }
+        }
+    }
+    assert_eq!(got.len(), want.len());
+    let worst = max_diff(&got, &want, 1.0);
+    assert!(worst <= 1e-6, "max difference {worst:e}");
+}
+
 #[test]
 fn vit_matches_timm_and_dino_interpolation_at_three_resolutions() {
     let r = reference();

@@ -38,7 +38,11 @@ Pinned reference versions (the venv of gen-model-fixtures.py):
 
 Run from the repo root with any python3:
 
-    python3 tools/bench_train_step.py [--config FILE] [--steps 30] [--threads 2] [--json]
+    python3 tools/bench_train_step.py [--config FILE] [--steps 30] [--threads 2]
+                                      [--device cpu|cuda[:N]] [--amp] [--json] [--no-venv]
+
+On a GPU machine without network (tools/gpu-check.sh run), --no-venv runs it on the
+machine's own torch and timm.
 
 It creates (or reuses) the venv ~/.cache/dino-stream/venv-fixtures, installs
 the pinned versions into it from PyPI if they are missing, and re-runs itself
@@ -109,40 +113,49 @@ def make_dino(s: dict, drop_path_rate: float, fused_attn: bool) -> Dino:
     return Dino(backbone, head)
 
 
-def time_steps(s: dict, batch: int, local_crops: int, steps: int, fused_attn: bool) -> dict:
+def time_steps(s: dict, batch: int, local_crops: int, steps: int, fused_attn: bool,
+               device: torch.device, amp: bool) -> dict:
     torch.manual_seed(0)
-    student = make_dino(s, s["drop_path"], fused_attn)
+    student = make_dino(s, s["drop_path"], fused_attn).to(device)
     # DINO builds the teacher without drop path and loads the student's weights.
-    teacher = make_dino(s, 0.0, fused_attn)
+    teacher = make_dino(s, 0.0, fused_attn).to(device)
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
     optimizer = torch.optim.AdamW(params_groups(student, WEIGHT_DECAY), lr=LR)
-    center = torch.zeros(1, s["out_dim"])
+    center = torch.zeros(1, s["out_dim"], device=device)
     ncrops = N_GLOBAL + local_crops
-    globals_ = torch.randn(N_GLOBAL * batch, 3, s["global_px"], s["global_px"])
-    locals_ = torch.randn(local_crops * batch, 3, s["local_px"], s["local_px"])
+    globals_ = torch.randn(N_GLOBAL * batch, 3, s["global_px"], s["global_px"], device=device)
+    locals_ = torch.randn(local_crops * batch, 3, s["local_px"], s["local_px"], device=device)
+
+    def now() -> float:
+        # a phase ends when the device has finished it
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
 
     times = {k: [] for k in PHASES}
     for it in range(WARMUP + steps):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            teacher_output = teacher([globals_])
-        student_output = student([globals_, locals_])
-        loss = dino_loss(student_output, teacher_targets(teacher_output, center, TEACHER_TEMP),
-                         ncrops, STUDENT_TEMP)
+        t0 = now()
+        # main_dino.py's AMP: autocast around the forward passes and the loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.no_grad():
+                teacher_output = teacher([globals_])
+            student_output = student([globals_, locals_])
+            loss = dino_loss(student_output, teacher_targets(teacher_output, center, TEACHER_TEMP),
+                             ncrops, STUDENT_TEMP)
         if not math.isfinite(loss.item()):
             sys.exit(f"loss is {loss.item()}")
-        t1 = time.perf_counter()
+        t1 = now()
         loss.backward()
-        t2 = time.perf_counter()
+        t2 = now()
         clip_gradients(student, CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
+        t3 = now()
         ema_update(teacher, student, EMA_MOMENTUM)
-        center = update_center(center, teacher_output, CENTER_MOMENTUM)
-        t4 = time.perf_counter()
+        center = update_center(center, teacher_output.float(), CENTER_MOMENTUM)
+        t4 = now()
         if it >= WARMUP:
             for k, (a, b) in zip(PHASES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t0, t4))):
                 times[k].append((b - a) * 1e3)
@@ -158,6 +171,9 @@ def main() -> None:
     ap.add_argument("--local-crops", type=int, help="local crops (default: the config's)")
     ap.add_argument("--fused-attn", action="store_true",
                     help="torch's scaled_dot_product_attention instead of DINO's explicit attention")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    ap.add_argument("--amp", action="store_true",
+                    help="bf16 autocast around the forward passes and the loss (main_dino.py's AMP)")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--no-venv", action="store_true",
                     help="run with the current interpreter instead of the pinned venv")
@@ -169,20 +185,29 @@ def main() -> None:
     s = shape_of(args.config)
     batch = args.batch or s["batch"]
     local_crops = s["local_crops"] if args.local_crops is None else args.local_crops
-    times = time_steps(s, batch, local_crops, args.steps, args.fused_attn)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = time_steps(s, batch, local_crops, args.steps, args.fused_attn, device, args.amp)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     medians = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     images_per_sec = batch / (medians["step"] / 1e3)
     attn = "fused SDPA" if args.fused_attn else "explicit"
-    print(f"train step, pytorch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, "
+    precision = "bf16 autocast" if args.amp else "fp32"
+    print(f"train step on {device}, {precision}, pytorch {torch.__version__}, timm {timm.__version__}, "
+          f"{args.threads} threads, "
           f"{s['path']}, batch {batch}, {N_GLOBAL}x{s['global_px']}px + {local_crops}x{s['local_px']}px "
           f"crops, {attn} attention, {args.steps} steps (median ms):")
     for k in PHASES:
         print(f"  {k:<10} {medians[k]:9.2f}")
     print(f"  images/s   {images_per_sec:9.1f}")
+    if peak is not None:
+        print(f"  peak memory {peak / 2**20:.0f} MiB")
     if args.json:
         print(json.dumps({"framework": "pytorch", "torch": torch.__version__,
+                          "device": str(device), "precision": precision,
                           "threads": args.threads, "steps": args.steps, "median_ms": medians,
-                          "images_per_sec": images_per_sec}))
+                          "images_per_sec": images_per_sec, "peak_bytes": peak}))
 
 
 if __name__ == "__main__":

@@ -132,6 +132,16 @@ impl TrainingJob for Job {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(args.config.as_deref(), &args.overrides)?;
+    // the CPU kernels' pool, before anything starts it with a thread per core
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.threads())
+        .build_global()
+        .with_context(|| {
+            format!(
+                "cannot start {} compute threads (run.threads)",
+                cfg.threads()
+            )
+        })?;
     if let Some(addr) = args.metrics_addr {
         let bound = super::metrics_endpoint::serve(addr)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
@@ -152,6 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 (true, None) => Resume::Latest,
                 (false, None) => Resume::No,
             },
+            checkpoints: true,
         },
     };
     // every error names its file, folder or setting already

@@ -2,7 +2,9 @@
 //! computes as the models did before the fused ops), and the reference the CPU kernels are
 //! tested against. Tensors are taken as [rows, d] over their last dimension.
 
-use burn::tensor::activation::{gelu as burn_gelu, softmax as burn_softmax};
+use burn::tensor::activation::{
+    gelu as burn_gelu, log_softmax as burn_log_softmax, softmax as burn_softmax,
+};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
@@ -107,4 +109,23 @@ pub fn softmax_backward<B: Backend>(
     let (dy, _) = rows::<B>(dy);
     let dot = (y.clone() * dy.clone()).sum_dim(1);
     back(y * (dy - dot) * scale, shape)
+}
+
+/// log_softmax(scale * x); a scale of exactly 1 is not multiplied
+pub fn log_softmax<B: Backend>(x: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
+    let (x, shape) = rows::<B>(x);
+    let x = if scale == 1.0 { x } else { x * scale };
+    back(burn_log_softmax(x, 1), shape)
+}
+
+/// scale * (dy - exp(y) Σ dy) from the output `y`.
+pub fn log_softmax_backward<B: Backend>(
+    y: FloatTensor<B>,
+    dy: FloatTensor<B>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let (y, shape) = rows::<B>(y);
+    let (dy, _) = rows::<B>(dy);
+    let total = dy.clone().sum_dim(1);
+    back((dy - y.exp() * total) * scale, shape)
 }

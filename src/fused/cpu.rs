@@ -420,6 +420,57 @@ pub fn softmax_backward(y: &[f32], dy: &[f32], d: usize, scale: f32) -> Vec<f32>
     dx
 }
 
+// ---------------------------------------------------------------------------------------
+// log-softmax over rows of s x (s > 0): y = s (x - max) - ln Σ exp(s (x - max));
+// dx = s (dy - exp(y) Σ dy)
+
+#[inline(always)]
+fn log_softmax_body<M: Madd>(y: &mut [f32], d: usize, scale: f32) {
+    for y in y.chunks_exact_mut(d) {
+        let m = max8(y);
+        for y in y.iter_mut() {
+            *y = (*y - m) * scale;
+        }
+        let log_total = sum8(y, |t| exp::<M>(t)).ln();
+        for v in y.iter_mut() {
+            *v -= log_total;
+        }
+    }
+}
+dispatch!(log_softmax_rows, log_softmax_body, (y: &mut [f32], d: usize, scale: f32));
+
+#[inline(always)]
+fn log_softmax_backward_body<M: Madd>(y: &[f32], dy: &[f32], d: usize, scale: f32, dx: &mut [f32]) {
+    for ((y, dy), dx) in y
+        .chunks_exact(d)
+        .zip(dy.chunks_exact(d))
+        .zip(dx.chunks_exact_mut(d))
+    {
+        let total = sum8(dy, |v| v);
+        for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+            *dx = scale * (dy - exp::<M>(y) * total);
+        }
+    }
+}
+dispatch!(log_softmax_backward_rows, log_softmax_backward_body, (y: &[f32], dy: &[f32], d: usize, scale: f32, dx: &mut [f32]));
+
+/// Log-softmax of `scale` (> 0) times each row of `d` values of `x`.
+pub fn log_softmax(x: &[f32], d: usize, scale: f32) -> Vec<f32> {
+    let mut y = x.to_vec();
+    y.par_chunks_mut(ROWS * d)
+        .for_each(|y| log_softmax_rows(y, d, scale));
+    y
+}
+
+/// The gradient of [`log_softmax`] from its output `y` and the output gradient `dy`.
+pub fn log_softmax_backward(y: &[f32], dy: &[f32], d: usize, scale: f32) -> Vec<f32> {
+    let mut dx = vec![0.0; y.len()];
+    dx.par_chunks_mut(ROWS * d)
+        .zip(y.par_chunks(ROWS * d).zip(dy.par_chunks(ROWS * d)))
+        .for_each(|(dx, (y, dy))| log_softmax_backward_rows(y, dy, d, scale, dx));
+    dx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use crate::fused;
 
 use super::HeadConfig;
 use super::layers::{Init, Linear, constant, param};
+use crate::precision::{in_dtype, in_f32};
 
 /// `torch.nn.utils.weight_norm(Linear(bottleneck, K, bias=False))`: weight = g * v / ||v||
 /// per output row.
@@ -23,12 +24,13 @@ pub struct WeightNormLinear<B: Backend> {
 }
 
 impl<B: InferenceBackend> WeightNormLinear<B> {
-    /// [M, bottleneck] -> [M, K]
+    /// [M, bottleneck] -> [M, K]; the weight normalized in f32, the product in `x`'s dtype
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let v = self.weight_v.val();
         let norm = v.clone().square().sum_dim(1).sqrt(); // [K, 1]
         let weight = v * (self.weight_g.val() / norm);
-        x.matmul(weight.transpose())
+        let dtype = x.dtype();
+        x.matmul(in_dtype(weight, dtype).transpose())
     }
 }
 
@@ -79,8 +81,10 @@ impl<B: InferenceBackend> DinoHead<B> {
     }
 }
 
-/// `F.normalize(x, dim=-1, eps=1e-12)`: rows divided by max(norm, 1e-12).
+/// `F.normalize(x, dim=-1, eps=1e-12)`: rows divided by max(norm, 1e-12), in f32.
 pub fn l2_normalize<B: InferenceBackend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
-    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
-    x / norm
+    in_f32(x, |x| {
+        let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+        x / norm
+    })
 }

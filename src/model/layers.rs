@@ -11,6 +11,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::device::InferenceBackend;
 use crate::fused;
+use crate::precision::{in_dtype, in_f32};
 
 /// Parameters are drawn on the host from our own seeded stream, not the backend's: a model
 /// is then identical on every device, and the recipe's init is written once.
@@ -91,10 +92,13 @@ impl<B: InferenceBackend> Linear<B> {
 
     /// Output features `start..start + len` only: [rows, d_in] -> [rows, len].
     pub fn forward_rows(&self, x: Tensor<B, 2>, start: usize, len: usize) -> Tensor<B, 2> {
+        let dtype = x.dtype();
         linear(
             x,
-            self.weight.val().narrow(0, start, len).transpose(),
-            self.bias.as_ref().map(|b| b.val().narrow(0, start, len)),
+            in_dtype(self.weight.val().narrow(0, start, len), dtype).transpose(),
+            self.bias
+                .as_ref()
+                .map(|b| in_dtype(b.val().narrow(0, start, len), dtype)),
         )
     }
 
@@ -104,10 +108,11 @@ impl<B: InferenceBackend> Linear<B> {
         let dims = x.dims();
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product();
+        let dtype = x.dtype();
         let y = linear(
             x.reshape([rows, d_in]),
-            self.weight.val().transpose(),
-            self.bias.as_ref().map(Param::val),
+            in_dtype(self.weight.val(), dtype).transpose(),
+            self.bias.as_ref().map(|b| in_dtype(b.val(), dtype)),
         );
         let mut out = dims;
         out[D - 1] = y.dims()[1];
@@ -131,9 +136,11 @@ impl<B: InferenceBackend> LayerNorm<B> {
         }
     }
 
-    /// Normalizes over the last dimension (biased variance, as PyTorch).
+    /// Normalizes over the last dimension (biased variance, as PyTorch), in f32.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        fused::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
+        in_f32(x, |x| {
+            fused::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
+        })
     }
 }
 

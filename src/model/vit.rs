@@ -5,6 +5,8 @@ use burn::module::{Module, Param};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::backend::Backend;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
 use dino_pipeline::rng;
@@ -16,6 +18,7 @@ use super::{Backbone, VitConfig};
 use crate::config::ModelConfig;
 use crate::device::InferenceBackend;
 use crate::fused;
+use crate::precision::{in_dtype, in_f32};
 
 const LN_EPS: f64 = 1e-6;
 
@@ -44,7 +47,14 @@ impl<B: InferenceBackend> PatchEmbed<B> {
 
     /// [B, 3, H, W] -> [B, H/p * W/p, D], patches in row-major order.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
-        let x = self.proj.forward(x); // [B, D, H/p, W/p]
+        let dtype = x.dtype();
+        let p = &self.proj;
+        let x = conv2d(
+            x,
+            in_dtype(p.weight.val(), dtype),
+            p.bias.as_ref().map(|b| in_dtype(b.val(), dtype)),
+            ConvOptions::new(p.stride, [0, 0], p.dilation, p.groups),
+        ); // [B, D, H/p, W/p]
         x.flatten::<3>(2, 3).swap_dims(1, 2)
     }
 }
@@ -65,29 +75,34 @@ impl<B: InferenceBackend> Attention<B> {
         }
     }
 
-    /// softmax(q k^T / sqrt(head_dim)) [B, H, N, N] and v [B, H, N, hd].
-    fn weights(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// q, k, v, each [B, N, D] -> [B, H, N, hd].
+    fn heads(&self, x: Tensor<B, 3>) -> [Tensor<B, 4>; 3] {
         let [b, n, d] = x.dims();
         let (h, hd) = (self.num_heads, d / self.num_heads);
         let x = x.reshape([b * n, d]);
         // qkv's output rows are (q|k|v) x heads x head_dim: q, k and v each come from their
         // third of the weight, so that each lands in its own [B*N, D] tensor and the heads
         // are a view of it (no copy to split a [B, N, 3, H, hd] tensor, nor in the backward)
-        let part = |i: usize| {
+        [0, 1, 2].map(|i| {
             let y = self.qkv.forward_rows(x.clone(), i * d, d); // [B*N, D]
-            y.reshape([b, n, h, hd]).swap_dims(1, 2) // [B, H, N, hd]
-        };
-        let (q, k, v) = (part(0), part(1), part(2));
+            y.reshape([b, n, h, hd]).swap_dims(1, 2)
+        })
+    }
+
+    /// The attention probabilities softmax(q k^T / sqrt(hd)): [B, N, D] -> [B, H, N, N].
+    fn weights(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
+        let [q, k, _] = self.heads(x);
+        let hd = q.dims()[3];
         let scores = q.matmul(k.swap_dims(2, 3)); // [B, H, N, N]
-        (fused::scaled_softmax(scores, (hd as f64).powf(-0.5)), v)
+        in_f32(scores, |s| fused::scaled_softmax(s, (hd as f64).powf(-0.5)))
     }
 
     /// [B, N, D] -> [B, N, D]
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
-        let (attn, v) = self.weights(x);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]); // heads concatenated
-        self.proj.forward(out)
+        let [q, k, v] = self.heads(x);
+        let out = fused::attention(q, k, v); // [B, H, N, hd]
+        self.proj.forward(out.swap_dims(1, 2).reshape([b, n, d])) // heads concatenated
     }
 }
 
@@ -122,13 +137,13 @@ impl<B: InferenceBackend> Block<B> {
     pub fn forward(&self, x: Tensor<B, 3>, drop: Option<&BlockDrop<B>>) -> Tensor<B, 3> {
         let a = self.attn.forward(self.norm1.forward(x.clone()));
         let a = match drop {
-            Some(drop) => a * drop.attn.clone(),
+            Some(drop) => a * in_dtype(drop.attn.clone(), x.dtype()),
             None => a,
         };
         let x = x + a;
         let m = self.mlp.forward(self.norm2.forward(x.clone()));
         let m = match drop {
-            Some(drop) => m * drop.mlp.clone(),
+            Some(drop) => m * in_dtype(drop.mlp.clone(), x.dtype()),
             None => m,
         };
         x + m
@@ -189,9 +204,13 @@ impl<B: InferenceBackend> VisionTransformer<B> {
     fn prepare_tokens(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, _, h, w] = x.dims();
         let x = self.patch_embed.forward(x); // [B, n, D]
-        let cls = self.cls_token.val().repeat_dim(0, b);
+        let dtype = x.dtype();
+        let cls = in_dtype(self.cls_token.val(), dtype).repeat_dim(0, b);
         let x = Tensor::cat(vec![cls, x], 1); // [B, 1 + n, D]
-        x + self.pos_embed_for(h / self.patch_size, w / self.patch_size)
+        x + in_dtype(
+            self.pos_embed_for(h / self.patch_size, w / self.patch_size),
+            dtype,
+        )
     }
 
     /// All output tokens after the final norm: [B, 3, H, W] -> [B, 1 + n, D]. `drop` holds
@@ -214,7 +233,7 @@ impl<B: InferenceBackend> VisionTransformer<B> {
         for block in rest {
             x = block.forward(x, None);
         }
-        last.attn.weights(last.norm1.forward(x)).0
+        last.attn.weights(last.norm1.forward(x))
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
 
 use super::step::{self, Models, Phase, Schedules};
@@ -50,9 +51,11 @@ pub fn time_steps<A: TrainingBackend, M: TrainableBackbone<A>>(
             ends.push(Instant::now());
         };
         let outcome;
-        (models, outcome) = step::dino_step(models, batch, &h, &mut OneDevice, &mut on_phase)
-            .unwrap_or_else(|e| panic!("step {it}: the loss is {}", e.0));
-        timings.losses.push(outcome.loss);
+        (models, outcome) = step::dino_step(models, batch, &h, &mut OneDevice, &mut on_phase);
+        // after the step's phases: the device has finished it, reading waits for nothing
+        let loss: f64 = outcome.loss.into_scalar().elem();
+        assert!(loss.is_finite(), "step {it}: the loss is {loss}");
+        timings.losses.push(loss);
         if i >= warmup {
             let mut from = started;
             for (phase, &end) in ends.iter().enumerate() {

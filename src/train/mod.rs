@@ -11,6 +11,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, Tensor};
+
 use dino_pipeline::dataset::{self, DatasetError};
 use dino_pipeline::loader::{Loader, LoaderConfig, LoaderError};
 use dino_pipeline::manifest::try_lock_dir;
@@ -22,8 +25,9 @@ use crate::device::{TrainableBackbone, TrainingBackend};
 use crate::images::Images;
 use crate::loss::teacher_stats;
 use crate::optim::OneDevice;
+use crate::precision::Precision;
 pub use resume::ResumeError;
-use step::{Models, NonFiniteLoss, Schedules};
+use step::{Models, Schedules};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -52,15 +56,13 @@ pub enum TrainError {
     },
     #[error("optim.epochs ({epochs}) x {per_epoch} steps per epoch overflows")]
     TooManySteps { epochs: u64, per_epoch: u64 },
-    #[error(
-        "the loss is {loss} at step {step} (epoch {epoch}); stopping. {last}. Lower optim.lr, \
-         raise optim.warmup_epochs or lower optim.clip_grad, then resume"
-    )]
+    #[error("the loss is {loss} at step {step} (epoch {epoch}); stopping. {last}. {what_to_do}")]
     NonFinite {
         loss: f64,
         step: u64,
         epoch: u64,
         last: String,
+        what_to_do: &'static str,
     },
 }
 
@@ -69,6 +71,8 @@ pub struct RunOptions {
     pub data: PathBuf,
     pub out: PathBuf,
     pub resume: Resume,
+    /// false for a benchmark's run, which measures steps, not checkpoint writes
+    pub checkpoints: bool,
 }
 
 /// Where a run starts.
@@ -197,6 +201,7 @@ pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
     let mut guard = guard::CollapseGuard::new(cfg.model.out_dim);
     let mut last_checkpoint = resume_from.clone();
     let mut last_loss = f64::NAN;
+    let mut pending: Option<PendingLoss<A::InnerBackend>> = None;
     let mut waited = Instant::now();
     let mut replaced = 0;
 
@@ -216,26 +221,34 @@ pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
         drop(batch); // its buffer goes back to the pipeline
         let (next, images_done) = (images.next, images.n_globals / 2);
         let outcome;
-        (models, outcome) = step::dino_step(models, images, &h, &mut OneDevice, &mut |_| {})
-            .map_err(|NonFiniteLoss(loss)| TrainError::NonFinite {
-                loss,
-                step,
-                epoch,
-                last: match &last_checkpoint {
-                    Some(p) => format!("The last good checkpoint is {}", p.display()),
-                    None => "No checkpoint was written yet".into(),
-                },
-            })?;
+        (models, outcome) = step::dino_step(models, images, &h, &mut OneDevice, &mut |_| {});
+        // the previous step's loss, read now that this one is queued behind it
+        if let Some(previous) = pending.take() {
+            last_loss =
+                previous.settle(&mut metrics, &last_checkpoint, cfg.run.precision, on_event)?;
+        }
+        pending = Some(PendingLoss {
+            loss: outcome.loss,
+            step,
+            epoch,
+            data_wait,
+            step_time: started.elapsed().as_secs_f64() + data_wait,
+            images: images_done,
+        });
         step += 1;
-        last_loss = outcome.loss;
 
         // ============ logging ============
-        let step_time = started.elapsed().as_secs_f64() + data_wait;
-        metrics.add(outcome.loss, data_wait, step_time, images_done);
-        on_event(Event::Step {
-            step,
-            loss: outcome.loss,
-        });
+        let epoch_end = next.epoch > epoch;
+        let periodic = cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0;
+        let save = epoch_end || periodic || step == total_steps;
+        if save || step % cfg.run.log_every == 0 {
+            // before a log line or a checkpoint, this step's own loss (a checkpoint is never
+            // written from the weights that a non-finite loss updated)
+            if let Some(current) = pending.take() {
+                last_loss =
+                    current.settle(&mut metrics, &last_checkpoint, cfg.run.precision, on_event)?;
+            }
+        }
         if step % cfg.run.log_every == 0 || step == total_steps {
             let stats = teacher_stats(outcome.targets);
             let line = metrics.line(&h, step, &stats, replaced)?;
@@ -246,9 +259,7 @@ pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
         }
 
         // ============ checkpoint ============
-        let epoch_end = next.epoch > epoch;
-        let periodic = cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0;
-        if epoch_end || periodic || step == total_steps {
+        if save && opts.checkpoints {
             let progress = snapshot::Progress {
                 step,
                 position: next,
@@ -261,12 +272,68 @@ pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
         }
         waited = Instant::now();
     }
+    if let Some(last) = pending {
+        last_loss = last.settle(&mut metrics, &last_checkpoint, cfg.run.precision, on_event)?;
+    }
     Ok(Summary {
         steps: step,
         ran: step - first_step,
         last_loss,
         checkpoint: last_checkpoint,
     })
+}
+
+/// A step's loss still on the device, and the figures its metrics take once it is read.
+struct PendingLoss<B: Backend> {
+    /// [1]
+    loss: Tensor<B, 1>,
+    /// the step's index (the step count before it)
+    step: u64,
+    epoch: u64,
+    data_wait: f64,
+    step_time: f64,
+    images: usize,
+}
+
+impl<B: Backend> PendingLoss<B> {
+    /// Reads the loss (waiting for its step), stops the run on a non-finite one, and adds
+    /// the step to the metrics.
+    fn settle(
+        self,
+        metrics: &mut metrics::MetricsLog,
+        last_checkpoint: &Option<PathBuf>,
+        precision: Precision,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<f64, TrainError> {
+        let loss: f64 = self.loss.into_scalar().elem();
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                loss,
+                step: self.step,
+                epoch: self.epoch,
+                last: match last_checkpoint {
+                    Some(p) => format!("The last good checkpoint is {}", p.display()),
+                    None => "No checkpoint was written yet".into(),
+                },
+                what_to_do: match precision {
+                    Precision::Bf16 => {
+                        "The run computes in bf16: resume with --set run.precision=fp32, or \
+                         lower optim.lr, raise optim.warmup_epochs or lower optim.clip_grad"
+                    }
+                    Precision::Fp32 => {
+                        "Lower optim.lr, raise optim.warmup_epochs or lower optim.clip_grad, \
+                         then resume"
+                    }
+                },
+            });
+        }
+        metrics.add(loss, self.data_wait, self.step_time, self.images);
+        on_event(Event::Step {
+            step: self.step + 1,
+            loss,
+        });
+        Ok(loss)
+    }
 }
 
 /// Creates RUN and locks it for this run (the lock is held while the returned file lives),
@@ -348,9 +415,10 @@ pub fn loader_config(
     let d = &cfg.data;
     let mut lc = LoaderConfig::new(data, d.split.clone());
     lc.batch_size = d.batch_size;
-    if d.workers > 0 {
-        lc.workers = d.workers;
-    }
+    lc.workers = match d.workers {
+        0 => cfg.threads(),
+        n => n,
+    };
     lc.seed = cfg.run.seed;
     (lc.global, lc.local) = cfg.augment.views();
     for view in &mut lc.global {

@@ -3,7 +3,7 @@
 //! and `benches/train_step.rs` both run it.
 
 use burn::module::AutodiffModule;
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::Tensor;
 use dino_pipeline::rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -14,6 +14,7 @@ use crate::loss::DinoLoss;
 use crate::model::Dino;
 use crate::optim::{AdamW, GradientSync, Gradients};
 use crate::params;
+use crate::precision::{Precision, in_dtype};
 use crate::schedule::{Cosine, TeacherTemp};
 
 type Inner<A> = <A as burn::tensor::backend::AutodiffBackend>::InnerBackend;
@@ -65,6 +66,8 @@ pub struct Hyper {
     pub drop_path_rate: f64,
     /// the run's seed, from which the stochastic depth is drawn per (step, pass)
     pub seed: u64,
+    /// what the networks compute in
+    pub precision: Precision,
 }
 
 /// The recipe's per-iteration schedules (the teacher temperature per epoch).
@@ -113,6 +116,7 @@ impl Schedules {
             clip: self.cfg.optim.clip_grad,
             drop_path_rate: self.cfg.model.drop_path_rate,
             seed: self.cfg.run.seed,
+            precision: self.cfg.run.precision,
         }
     }
 }
@@ -120,7 +124,7 @@ impl Schedules {
 /// The end of each part of a step, for the bench's per-phase timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
-    /// teacher, student and loss (the loss is on the host)
+    /// teacher, student and loss
     Forward,
     Backward,
     /// gradient transforms and the update rule
@@ -131,24 +135,23 @@ pub enum Phase {
 
 /// What a step leaves for the logs.
 pub struct Outcome<A: TrainingBackend> {
-    pub loss: f64,
+    /// [1], still on the device: reading it waits for the step to finish, so the trainer
+    /// reads it one step later (a GPU then always has the next step queued)
+    pub loss: Tensor<Inner<A>, 1>,
     /// the teacher's targets, [2B, K], for its entropy statistics
     pub targets: Tensor<Inner<A>, 2>,
 }
 
-/// A step stopped before its update: the loss was not finite.
-#[derive(Debug)]
-pub struct NonFiniteLoss(pub f64);
-
 /// One DINO step on `images`. `sync` is where gradients meet across devices; `on_phase` is
-/// told when each phase is done. On a non-finite loss nothing is updated.
+/// told when each phase is done. Nothing here waits for the device: the caller checks the
+/// loss (a non-finite one means the updated models are bad and must not be saved).
 pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
     models: Models<A, M>,
     images: Images<Inner<A>>,
     h: &Hyper,
     sync: &mut dyn GradientSync<Inner<A>>,
     on_phase: &mut dyn FnMut(Phase),
-) -> Result<(Models<A, M>, Outcome<A>), NonFiniteLoss> {
+) -> (Models<A, M>, Outcome<A>) {
     let Models {
         student,
         teacher,
@@ -156,9 +159,11 @@ pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
         mut optimizer,
     } = models;
     let device = images.globals.device();
+    let dtype = h.precision.dtype();
+    let globals = in_dtype(images.globals, dtype);
 
     // ============ teacher on the 2 globals, student on all crops ============
-    let teacher_out = teacher.forward(vec![(images.globals.clone(), None)]); // [2B, K]
+    let teacher_out = teacher.forward(vec![(globals.clone(), None)]); // [2B, K]
     let targets = loss.teacher_targets(teacher_out.clone(), h.teacher_temp);
     let pass = |pass: u64, n: usize| {
         let mut rng = drop_path_rng(h.seed, h.step, pass);
@@ -166,19 +171,13 @@ pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
             .backbone
             .drop_plan(h.drop_path_rate, n, &mut rng, &device)
     };
-    let mut groups = vec![(
-        Tensor::from_inner(images.globals),
-        pass(0, images.n_globals),
-    )];
+    let mut groups = vec![(Tensor::from_inner(globals), pass(0, images.n_globals))];
     if let Some(locals) = images.locals {
+        let locals = in_dtype(locals, dtype);
         groups.push((Tensor::from_inner(locals), pass(1, images.n_locals)));
     }
     let student_out = student.forward(groups); // [(2 + N) * B, K]
     let loss_value = loss.forward(student_out, Tensor::from_inner(targets.clone()));
-    let value: f64 = loss_value.clone().into_scalar().elem();
-    if !value.is_finite() {
-        return Err(NonFiniteLoss(value));
-    }
     on_phase(Phase::Forward);
 
     // ============ backward ============
@@ -208,13 +207,11 @@ pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
         loss,
         optimizer,
     };
-    Ok((
-        models,
-        Outcome {
-            loss: value,
-            targets,
-        },
-    ))
+    let outcome = Outcome {
+        loss: loss_value.inner(),
+        targets,
+    };
+    (models, outcome)
 }
 
 /// The official `cancel_gradients_last_layer`: the head's last layer stays fixed for the

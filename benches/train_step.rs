@@ -41,7 +41,11 @@ struct Bench {
 impl TrainingJob for Bench {
     /// per-phase times in ms, and the trainer's (data-wait share, images/s) when --data
     type Output = (Vec<Vec<f64>>, Option<(f64, f64)>);
-    fn run<A: TrainingBackend, M: TrainableBackbone<A>>(self, device: A::Device) -> Self::Output {
+    fn run<A: TrainingBackend, M: TrainableBackbone<A>>(
+        self,
+        devices: Vec<A::Device>,
+    ) -> Self::Output {
+        let device = devices.into_iter().next().expect("one device");
         let d = &self.cfg.data;
         let (b, g, l) = (
             d.batch_size,
@@ -83,7 +87,11 @@ struct Check {
 
 impl TrainingJob for Check {
     type Output = (Vec<f32>, Vec<f64>);
-    fn run<A: TrainingBackend, M: TrainableBackbone<A>>(self, device: A::Device) -> Self::Output {
+    fn run<A: TrainingBackend, M: TrainableBackbone<A>>(
+        self,
+        devices: Vec<A::Device>,
+    ) -> Self::Output {
+        let device = devices.into_iter().next().expect("one device");
         let d = &self.cfg.data;
         let (b, g, l) = (
             d.batch_size,
@@ -132,8 +140,9 @@ fn check(cfg: &Config, choice: DeviceChoice, json: bool) {
     let kind = cfg.model.kind();
     let job = || Check { cfg: cfg.clone() };
     let (cpu_out, cpu_losses) =
-        device::run_training(DeviceChoice::Cpu, kind, job()).unwrap_or_else(|e| panic!("{e}"));
-    let (out, losses) = device::run_training(choice, kind, job()).unwrap_or_else(|e| panic!("{e}"));
+        device::run_training(&[DeviceChoice::Cpu], kind, job()).unwrap_or_else(|e| panic!("{e}"));
+    let (out, losses) =
+        device::run_training(&[choice], kind, job()).unwrap_or_else(|e| panic!("{e}"));
     let scale = cpu_out.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
     let forward = cpu_out
         .iter()
@@ -195,7 +204,8 @@ fn data_wait<A: TrainingBackend, M: TrainableBackbone<A>>(
             rates.push(line.images_per_sec);
         }
     };
-    train::train::<A, M>(&cfg, &opts, device, &mut on_event).expect("the trainer runs");
+    train::train::<A, M>(&cfg, &opts, std::slice::from_ref(device), &mut on_event)
+        .expect("the trainer runs");
     // the first window includes the pipeline's start
     (
         median(&mut fractions[1..].to_vec()),
@@ -248,7 +258,7 @@ fn main() {
     };
     let kind = cfg.model.kind();
     let (mut times, wait) =
-        device::run_training(choice, kind, bench).unwrap_or_else(|e| panic!("{e}"));
+        device::run_training(&[choice], kind, bench).unwrap_or_else(|e| panic!("{e}"));
     let medians: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
     let images_per_sec = cfg.data.batch_size as f64 / (medians[4] / 1e3);
     println!(

@@ -33,6 +33,10 @@ pub struct State {
     pub optimizer_steps: BTreeMap<String, u64>,
     /// the effective config, TOML
     pub config: String,
+    /// the devices the run trained on (all nodes); the global batch is `data.batch_size`
+    /// times this. Absent (1) in checkpoints written before runs had several.
+    #[serde(default = "one_device")]
+    pub world: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -78,6 +82,10 @@ pub enum CheckpointError {
     Tensors { path: PathBuf, why: String },
     #[error("{path}: {why}")]
     State { path: PathBuf, why: String },
+}
+
+fn one_device() -> usize {
+    1
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {

@@ -126,6 +126,17 @@ pub struct RunConfig {
     /// f32 master weights, optimizer state, teacher, centre, loss and normalization
     /// statistics
     pub precision: Precision,
+    /// machines taking part in the run (`--nodes`); each runs `dino-stream train` with the
+    /// same config and its own `node_rank`, and trains on all the devices it is given
+    pub nodes: usize,
+    /// this machine's index among the nodes (`--node-rank`); node 0 starts the coordinator
+    /// and writes the checkpoints and metrics
+    pub node_rank: usize,
+    /// HOST:PORT of the coordinator, on node 0 (`--coordinator`); needed with several nodes
+    pub coordinator: String,
+    /// seconds a device waits for the others at a step's all-reduce before the run stops:
+    /// a device or node that died or hangs ends the run instead of stalling it
+    pub collective_timeout: u64,
 }
 
 impl Default for ModelConfig {
@@ -334,6 +345,10 @@ impl Default for RunConfig {
             max_steps: 0,
             threads: 0,
             precision: Precision::Fp32,
+            nodes: 1,
+            node_rank: 0,
+            coordinator: String::new(),
+            collective_timeout: 600,
         }
     }
 }
@@ -576,6 +591,34 @@ impl Config {
             1 << 16,
         )?;
         within("run.threads", self.run.threads, 0, MAX_WORKERS)?;
+        within("run.nodes", self.run.nodes, 1, MAX_WORKERS)?;
+        within("run.node_rank", self.run.node_rank, 0, self.run.nodes - 1)?;
+        within(
+            "run.collective_timeout",
+            self.run.collective_timeout as usize,
+            1,
+            86_400,
+        )?;
+        let addr = &self.run.coordinator;
+        let host_port = addr.rsplit_once(':');
+        if !addr.is_empty()
+            && !host_port.is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            return invalid(
+                "run.coordinator",
+                format!("`{addr}`: expected HOST:PORT, e.g. 10.0.0.1:29500"),
+            );
+        }
+        if self.run.nodes > 1 && self.run.coordinator.is_empty() {
+            return invalid(
+                "run.coordinator",
+                format!(
+                    "a run on {} nodes needs the coordinator's HOST:PORT (node 0's address), \
+                     e.g. --coordinator 10.0.0.1:29500",
+                    self.run.nodes
+                ),
+            );
+        }
         Ok(())
     }
 

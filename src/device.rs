@@ -58,6 +58,12 @@ pub enum DeviceChoice {
 pub enum DeviceError {
     #[error("`{text}`: expected cpu, cuda or cuda:N")]
     Parse { text: String },
+    #[error("--devices {list}: all devices of a run are of one kind (all cpu, or all cuda:N)")]
+    Mixed { list: String },
+    #[error("--devices {list}: {device} is given twice")]
+    Repeated { list: String, device: DeviceChoice },
+    #[error("--devices: no device given")]
+    NoDevice,
     #[error(
         "{device}: this binary was built without CUDA; rebuild with `cargo build --release \
          --features cuda`, or pass --device cpu"
@@ -89,10 +95,14 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
-/// A job that trains: written once, generically, run on the chosen backend and backbone.
+/// A job that trains: written once, generically, run on the chosen backend and backbone,
+/// on one device or several of the same kind.
 pub trait TrainingJob {
     type Output;
-    fn run<A: TrainingBackend, M: TrainableBackbone<A>>(self, device: A::Device) -> Self::Output;
+    fn run<A: TrainingBackend, M: TrainableBackbone<A>>(
+        self,
+        devices: Vec<A::Device>,
+    ) -> Self::Output;
 }
 
 /// A job that only runs forward passes.
@@ -101,33 +111,57 @@ pub trait InferenceJob {
     fn run<B: InferenceBackend, M: Backbone<B>>(self, device: B::Device) -> Self::Output;
 }
 
-/// Runs `job` on the chosen device with the chosen backbone family: the one place where a
-/// training job learns its backend and backbone types (and so where a list of devices and a
-/// precision will be given).
+/// Runs `job` on the chosen devices with the chosen backbone family: the one place where a
+/// training job learns its backend and backbone types. Several `cpu` entries are several
+/// ranks sharing the CPU (for tests of data parallelism); cuda devices must differ.
 pub fn run_training<J: TrainingJob>(
-    choice: DeviceChoice,
+    choices: &[DeviceChoice],
     kind: BackboneKind,
     job: J,
 ) -> Result<J::Output, DeviceError> {
     fn on<A: TrainingBackend, J: TrainingJob>(
         kind: BackboneKind,
         job: J,
-        device: A::Device,
+        devices: Vec<A::Device>,
     ) -> J::Output {
         match kind {
-            BackboneKind::Vit => job.run::<A, VisionTransformer<A>>(device),
+            BackboneKind::Vit => job.run::<A, VisionTransformer<A>>(devices),
         }
     }
-    match choice {
-        DeviceChoice::Cpu => Ok(on::<Cpu, J>(kind, job, Default::default())),
-        #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda(n) => Ok(on::<Gpu, J>(
+    let list = || {
+        let names: Vec<String> = choices.iter().map(ToString::to_string).collect();
+        names.join(",")
+    };
+    let first = *choices.first().ok_or(DeviceError::NoDevice)?;
+    for (i, &device) in choices.iter().enumerate() {
+        if std::mem::discriminant(&device) != std::mem::discriminant(&first) {
+            return Err(DeviceError::Mixed { list: list() });
+        }
+        if device != DeviceChoice::Cpu && choices[..i].contains(&device) {
+            return Err(DeviceError::Repeated {
+                list: list(),
+                device,
+            });
+        }
+    }
+    match first {
+        DeviceChoice::Cpu => Ok(on::<Cpu, J>(
             kind,
             job,
-            burn::backend::cuda::CudaDevice::new(n),
+            vec![Default::default(); choices.len()],
         )),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(_) => {
+            let devices = (choices.iter())
+                .map(|&c| match c {
+                    DeviceChoice::Cuda(n) => burn::backend::cuda::CudaDevice::new(n),
+                    DeviceChoice::Cpu => unreachable!("checked: one kind"),
+                })
+                .collect();
+            Ok(on::<Gpu, J>(kind, job, devices))
+        }
         #[cfg(not(feature = "cuda"))]
-        DeviceChoice::Cuda(_) => Err(DeviceError::NoCuda { device: choice }),
+        DeviceChoice::Cuda(_) => Err(DeviceError::NoCuda { device: first }),
     }
 }
 

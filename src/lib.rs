@@ -12,6 +12,7 @@ pub mod interop;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod params;
 pub mod precision;
 pub mod schedule;

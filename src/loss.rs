@@ -7,6 +7,7 @@ use burn::tensor::{DType, ElementConversion, Tensor};
 
 use crate::device::InferenceBackend;
 use crate::fused;
+use crate::parallel::{Collective, ParallelError, mean_all};
 use crate::precision::in_dtype;
 
 pub struct DinoLoss<B: Backend> {
@@ -45,11 +46,16 @@ impl<B: InferenceBackend> DinoLoss<B> {
         fused::scaled_softmax(teacher_out - self.center.clone(), 1.0 / teacher_temp)
     }
 
-    /// center <- m * center + (1 - m) * mean of the raw teacher logits; after the loss.
-    pub fn update_center(&mut self, teacher_out: Tensor<B, 2>) {
-        let batch_center = in_dtype(teacher_out, DType::F32).mean_dim(0); // [1, K]
+    /// The mean of the raw teacher logits over this device's batch, in f32: [2B, K] -> [K].
+    pub fn batch_center(teacher_out: Tensor<B, 2>) -> Tensor<B, 1> {
+        in_dtype(teacher_out, DType::F32).mean_dim(0).squeeze_dim(0)
+    }
+
+    /// center <- m * center + (1 - m) * batch_center (the mean over all devices' batches);
+    /// after the loss.
+    pub fn update_center(&mut self, batch_center: Tensor<B, 1>) {
         self.center = self.center.clone() * self.center_momentum
-            + batch_center * (1.0 - self.center_momentum);
+            + batch_center.unsqueeze_dim(0) * (1.0 - self.center_momentum);
     }
 }
 
@@ -75,15 +81,22 @@ impl<B: InferenceBackend> DinoLoss<B> {
     }
 }
 
-/// Entropies of the teacher targets [2B, K].
-pub fn teacher_stats<B: InferenceBackend>(targets: Tensor<B, 2>) -> TeacherStats {
-    let entropy = |p: Tensor<B, 2>| -> f64 {
-        let rows = p.dims()[0];
-        let plogp = p.clone() * p.clamp_min(1e-30).log();
-        plogp.sum().neg().into_scalar().elem::<f64>() / rows as f64
-    };
-    TeacherStats {
-        entropy: entropy(targets.clone()),
-        marginal_entropy: entropy(targets.mean_dim(0)),
-    }
+/// Entropies of the teacher targets [2B, K] of all devices: the mean entropy of a target,
+/// and the entropy of their mean.
+pub fn teacher_stats<B: InferenceBackend>(
+    targets: Tensor<B, 2>,
+    sync: &mut dyn Collective<B>,
+) -> Result<TeacherStats, ParallelError> {
+    let entropies = |p: Tensor<B, 2>| (p.clone() * p.clamp_min(1e-30).log()).sum_dim(1).neg();
+    let rows = targets.dims()[0];
+    let mean_entropy = entropies(targets.clone()).sum().div_scalar(rows as f64);
+    let marginal = targets.mean_dim(0).squeeze_dim(0); // [K]
+    let [mean_entropy, marginal] =
+        mean_all(sync, vec![mean_entropy, marginal], "the teacher statistics")?
+            .try_into()
+            .expect("two means");
+    Ok(TeacherStats {
+        entropy: mean_entropy.into_scalar().elem(),
+        marginal_entropy: entropies(marginal.unsqueeze_dim(0)).into_scalar().elem(),
+    })
 }

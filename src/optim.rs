@@ -1,7 +1,7 @@
 //! The optimizer pipeline, in the order a step runs it: the gradients of a backward pass are
-//! collected per tensor ([`Gradients`]), pass through transforms (an all-reduce across
-//! devices, the trainer's `cancel_gradients_last_layer`, per-tensor clipping), then an update
-//! rule applies them. AdamW is the rule the recipe uses, written out because its schedules
+//! collected per tensor ([`Gradients`]), pass through transforms (the mean across devices,
+//! the trainer's `cancel_gradients_last_layer`, per-tensor clipping), then an update rule
+//! applies them. AdamW is the rule the recipe uses, written out because its schedules
 //! change per iteration what Burn's optimizer fixes at build time.
 //!
 //! AdamW per step and per tensor with a gradient (PyTorch's `AdamW`, decoupled decay):
@@ -15,6 +15,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
+use crate::parallel::{Collective, ParallelError, mean_all};
 use crate::params::Path;
 
 pub const BETA1: f64 = 0.9;
@@ -73,6 +74,22 @@ impl<B: Backend> Gradients<B> {
         self.by_name.retain(|name, _| !cancel(name));
     }
 
+    /// The mean over all ranks (the official DDP all-reduce), with `extra` tensors in the same
+    /// all-reduce, whose means are returned.
+    pub fn all_reduce_mean(
+        &mut self,
+        sync: &mut dyn Collective<B>,
+        extra: Vec<Tensor<B, 1>>,
+    ) -> Result<Vec<Tensor<B, 1>>, ParallelError> {
+        let (names, mut tensors): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.by_name).into_iter().unzip();
+        tensors.extend(extra);
+        let mut means = mean_all(sync, tensors, "the gradients")?;
+        let extra = means.split_off(names.len());
+        self.by_name = names.into_iter().zip(means).collect();
+        Ok(extra)
+    }
+
     /// The official per-tensor `clip_gradients` (see [`clip_norm`]).
     pub fn clip_per_tensor(&mut self, clip: f64) {
         for g in self.by_name.values_mut() {
@@ -104,19 +121,6 @@ impl<A: AutodiffBackend> ModuleVisitor<A> for Collect<'_, A> {
                 .insert(self.path.name(), grad.flatten::<1>(0, D - 1));
         }
     }
-}
-
-/// Where gradients meet across devices before any other transform (the official DDP
-/// all-reduce, averaging over ranks).
-pub trait GradientSync<B: Backend> {
-    fn all_reduce_mean(&mut self, grads: &mut Gradients<B>);
-}
-
-/// A run on one device: its gradients are already the mean over the whole batch.
-pub struct OneDevice;
-
-impl<B: Backend> GradientSync<B> for OneDevice {
-    fn all_reduce_mean(&mut self, _: &mut Gradients<B>) {}
 }
 
 #[derive(Default)]

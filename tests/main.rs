@@ -8,4 +8,5 @@ mod fused;
 mod hostile;
 mod ingest;
 mod model;
+mod parallel;
 mod train;

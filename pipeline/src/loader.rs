@@ -5,9 +5,9 @@
 //!    ▲                                                        │
 //!    └──────────────────────── free buffers ◀─────────────────┘
 //! ```
-//! - The **reader** walks this rank's share of the epoch order, reads each row group once
-//!   (key, label and jpeg columns only) and hands every sample to the workers together with
-//!   the batch buffer and slot it goes to. Arrow buffers are shared, not copied.
+//! - The **reader** walks this rank's share of the epoch order (its part of each global
+//!   batch), reads each row group once (key, label and jpeg columns only) and hands every
+//!   sample to the workers together with the batch buffer and slot it goes to. Arrow buffers are shared, not copied.
 //! - Each **worker** decodes a sample once and cuts all its views from that one image,
 //!   straight into its slot of the batch buffer.
 //! - The **batcher** counts finished slots and hands out whole batches in order.

@@ -48,11 +48,18 @@ pub fn samples_per_rank(len: u64, world: usize, batch: usize) -> u64 {
     len / world as u64 / batch as u64 * batch as u64
 }
 
-/// Rank `rank`'s contiguous share of an epoch's order (contiguous, so ranks read mostly
-/// different row groups).
-pub fn rank_share(order: &[SampleRef], rank: usize, world: usize, batch: usize) -> &[SampleRef] {
+/// Rank `rank`'s share of an epoch's order: the epoch is cut into global batches of
+/// `world * batch` samples, and each rank takes its `batch` consecutive samples of each. So
+/// the ranks' k-th batches, concatenated in rank order, are the k-th batch a single rank of
+/// `world * batch` would get: a run on several devices trains on the batches of one device.
+pub fn rank_share(order: &[SampleRef], rank: usize, world: usize, batch: usize) -> Vec<SampleRef> {
     let per_rank = samples_per_rank(order.len() as u64, world, batch) as usize;
-    &order[rank * per_rank..(rank + 1) * per_rank]
+    order
+        .chunks_exact(world * batch)
+        .take(per_rank / batch)
+        .flat_map(|global| &global[rank * batch..(rank + 1) * batch])
+        .copied()
+        .collect()
 }
 
 #[cfg(test)]
@@ -132,5 +139,22 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 144, "disjoint");
+    }
+
+    #[test]
+    fn the_ranks_batches_together_are_one_ranks_batches() {
+        let rgs = groups(&[37, 41, 29, 50]);
+        let order = epoch_order(&rgs, 2, 0, 2);
+        let one = rank_share(&order, 0, 1, 12);
+        let shares: Vec<_> = (0..3).map(|r| rank_share(&order, r, 3, 4)).collect();
+        assert_eq!(one.len(), 156);
+        for (k, global) in one.chunks(12).enumerate() {
+            let parts: Vec<_> = shares
+                .iter()
+                .flat_map(|s| &s[k * 4..(k + 1) * 4])
+                .copied()
+                .collect();
+            assert_eq!(parts, global, "batch {k}");
+        }
     }
 }

@@ -112,6 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         data_plan: format!("imported from {}", args.weights.display()),
         optimizer_steps: BTreeMap::new(),
         config: config.to_toml(),
+        world: 1,
     };
     write(&args.out, &state, &imported.teacher, &student)?;
     println!(

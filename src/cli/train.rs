@@ -41,9 +41,30 @@ pub struct Args {
     /// Continue the run in RUN from this checkpoint folder (RUN/checkpoints/step-N)
     #[arg(long, value_name = "CKPT")]
     resume_from: Option<PathBuf>,
-    /// cpu, cuda or cuda:N (cuda needs a build with --features cuda)
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    device: DeviceChoice,
+    /// cpu, cuda or cuda:N (cuda needs a build with --features cuda); a list trains on each
+    /// (data parallel, one rank per device: --devices cuda:0,cuda:1), with data.batch_size
+    /// per device and the learning rate scaled by the global batch. `cpu,cpu` runs two ranks
+    /// on the one CPU (they share its cores: for tests, not for speed)
+    #[arg(
+        long,
+        visible_alias = "device",
+        default_value = "cpu",
+        value_delimiter = ',',
+        value_name = "DEVICE,..."
+    )]
+    devices: Vec<DeviceChoice>,
+    /// Machines in the run (run.nodes); start `train` on each with the same config, --data
+    /// (the same shards), --out (a folder all of them see) and --coordinator
+    #[arg(long, value_name = "N")]
+    nodes: Option<usize>,
+    /// This machine's index, 0..N (run.node_rank); node 0 coordinates and writes the run
+    #[arg(long, value_name = "R")]
+    node_rank: Option<usize>,
+    /// HOST:PORT of node 0, where every rank meets the others (run.coordinator; the port
+    /// must be open to all nodes)
+    #[arg(long, value_name = "HOST:PORT")]
+    coordinator: Option<String>,
+
     /// Override a config key: SECTION.KEY=VALUE (repeatable)
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -69,7 +90,10 @@ struct Job {
 
 impl TrainingJob for Job {
     type Output = Result<Summary, train::TrainError>;
-    fn run<A: TrainingBackend, M: TrainableBackbone<A>>(self, device: A::Device) -> Self::Output {
+    fn run<A: TrainingBackend, M: TrainableBackbone<A>>(
+        self,
+        devices: Vec<A::Device>,
+    ) -> Self::Output {
         let bar = super::progress_bar(
             Some(0),
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps ({per_sec}, eta {eta}) {msg}",
@@ -89,11 +113,21 @@ impl TrainingJob for Job {
                 first_step,
                 total_steps,
                 steps_per_epoch,
+                ranks,
+                all_reduce_bytes,
             } => {
                 bar.set_length(total_steps);
                 bar.set_position(first_step);
+                let parallel = match ranks {
+                    1 => String::new(),
+                    n => format!(
+                        ", {n} ranks (each all-reduces {:.1} MB per step)",
+                        all_reduce_bytes as f64 / 1e6
+                    ),
+                };
                 eprintln!(
-                    "training: steps {first_step}..{total_steps}, {steps_per_epoch} per epoch"
+                    "training: steps {first_step}..{total_steps}, {steps_per_epoch} per \
+                     epoch{parallel}"
                 );
             }
             Event::Step { step, loss } => {
@@ -122,7 +156,7 @@ impl TrainingJob for Job {
             // through the logger: the terminal and RUN/train.log
             Event::Warning(text) => log::warn!("{text}"),
         };
-        let result = train::train::<A, M>(&self.cfg, &self.opts, &device, &mut on_event);
+        let result = train::train::<A, M>(&self.cfg, &self.opts, &devices, &mut on_event);
         bar.finish_and_clear();
         super::logger::attach_bar(None);
         super::logger::close_file();
@@ -131,7 +165,22 @@ impl TrainingJob for Job {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let cfg = Config::load(args.config.as_deref(), &args.overrides)?;
+    // the node flags are overrides of their [run] keys, applied after any --set
+    let mut overrides = args.overrides.clone();
+    let flags = [
+        ("nodes", args.nodes.map(|n| n.to_string())),
+        ("node_rank", args.node_rank.map(|n| n.to_string())),
+        (
+            "coordinator",
+            args.coordinator.as_ref().map(|a| format!("{a:?}")),
+        ),
+    ];
+    for (key, value) in flags {
+        if let Some(value) = value {
+            overrides.push(format!("run.{key}={value}"));
+        }
+    }
+    let cfg = Config::load(args.config.as_deref(), &overrides)?;
     // the CPU kernels' pool, before anything starts it with a thread per core
     rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads())
@@ -147,11 +196,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         eprintln!("metrics: http://{bound}/metrics");
     }
-    // the pipeline's and the trainer's warnings (bad samples, collapse) go to RUN/train.log too
-    let log_file = args.out.join("train.log");
-    std::fs::create_dir_all(&args.out)
-        .and_then(|()| super::logger::tee_to(&log_file))
-        .with_context(|| format!("cannot write {}", log_file.display()))?;
+    // the pipeline's and the trainer's warnings (bad samples, collapse) go to RUN/train.log
+    // too; the other nodes write nothing to RUN (node 0's), only to their terminal
+    if cfg.run.node_rank == 0 {
+        let log_file = args.out.join("train.log");
+        std::fs::create_dir_all(&args.out)
+            .and_then(|()| super::logger::tee_to(&log_file))
+            .with_context(|| format!("cannot write {}", log_file.display()))?;
+    }
     let job = Job {
         cfg,
         opts: RunOptions {
@@ -167,7 +219,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     // every error names its file, folder or setting already
     let kind = job.cfg.model.kind();
-    let summary = device::run_training(args.device, kind, job)??;
+    let summary = device::run_training(&args.devices, kind, job)??;
     let checkpoint = summary
         .checkpoint
         .map_or("none".into(), |p| p.display().to_string());

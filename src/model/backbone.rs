@@ -26,6 +26,46 @@ impl BackboneKind {
     }
 }
 
+/// The rows of one pass (the globals, or the locals) that one device computes. A pass holds
+/// `crops` crops of each sample, crop-major; the device holds `batch` consecutive samples of
+/// the global batch of `global_batch`, from sample `first` on. Random draws are made per row
+/// of the global pass, in order, and each device keeps its own: the draws are those of one
+/// device training on the whole batch, whatever the device count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassRows {
+    pub crops: usize,
+    pub global_batch: usize,
+    pub first: usize,
+    pub batch: usize,
+}
+
+impl PassRows {
+    /// The rows of the global pass.
+    pub fn total(&self) -> usize {
+        self.crops * self.global_batch
+    }
+
+    /// The rows this device computes.
+    pub fn local(&self) -> usize {
+        self.crops * self.batch
+    }
+
+    /// This device's values of `all`, one per row of the global pass.
+    pub fn select<T: Copy>(&self, all: &[T]) -> Vec<T> {
+        assert_eq!(
+            all.len(),
+            self.total(),
+            "one value per row of the global pass"
+        );
+        (0..self.crops)
+            .flat_map(|c| {
+                let start = c * self.global_batch + self.first;
+                all[start..start + self.batch].iter().copied()
+            })
+            .collect()
+    }
+}
+
 /// A network from crops to one feature vector each. Parameter paths are the backbone's own
 /// (no wrapper prefix); `Dino` puts them under `backbone.`.
 pub trait Backbone<B: InferenceBackend>: Module<B> + ModuleDisplay {
@@ -42,12 +82,13 @@ pub trait Backbone<B: InferenceBackend>: Module<B> + ModuleDisplay {
     /// The width of the features [`Self::forward`] returns.
     fn feature_dim(&self) -> usize;
 
-    /// Stochastic depth for one pass of `n` crops at `rate`, drawn from `rng`; `None` when
-    /// nothing is dropped (`rate` 0).
+    /// Stochastic depth for this device's `rows` of one pass at `rate`, drawn from `rng`
+    /// for every row of the global batch (see [`PassRows`]); `None` when nothing is dropped
+    /// (`rate` 0).
     fn drop_plan(
         &self,
         rate: f64,
-        n: usize,
+        rows: PassRows,
         rng: &mut Xoshiro256PlusPlus,
         device: &B::Device,
     ) -> Option<Self::DropPlan>;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelConfig;
 use crate::device::InferenceBackend;
 
-pub use backbone::{Backbone, BackboneKind};
+pub use backbone::{Backbone, BackboneKind, PassRows};
 pub use head::{DinoHead, WeightNormLinear, l2_normalize};
 pub use layers::{Init, LayerNorm, Linear, Mlp};
 pub use vit::{Attention, Block, BlockDrop, PatchEmbed, VisionTransformer};

@@ -12,6 +12,7 @@ use burn::tensor::{Tensor, TensorData};
 use dino_pipeline::rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use super::backbone::PassRows;
 use super::layers::{Init, LayerNorm, Linear, Mlp, param};
 use super::pos_embed::resize_matrix;
 use super::{Backbone, VitConfig};
@@ -263,7 +264,7 @@ impl<B: InferenceBackend> Backbone<B> for VisionTransformer<B> {
     fn drop_plan(
         &self,
         rate: f64,
-        n: usize,
+        rows: PassRows,
         rng: &mut Xoshiro256PlusPlus,
         device: &B::Device,
     ) -> Option<Vec<BlockDrop<B>>> {
@@ -278,7 +279,7 @@ impl<B: InferenceBackend> Backbone<B> for VisionTransformer<B> {
                 0.0
             };
             let keep = 1.0 - p;
-            let values: Vec<f32> = (0..n)
+            let values: Vec<f32> = (0..rows.total())
                 .map(|_| {
                     if rng::unit(rng) < keep {
                         (1.0 / keep) as f32
@@ -286,8 +287,9 @@ impl<B: InferenceBackend> Backbone<B> for VisionTransformer<B> {
                         0.0
                     }
                 })
-                .collect();
-            Tensor::<B, 3>::from_data(TensorData::new(values, [n, 1, 1]), device)
+                .collect::<Vec<_>>();
+            let values = rows.select(&values);
+            Tensor::<B, 3>::from_data(TensorData::new(values, [rows.local(), 1, 1]), device)
         };
         Some(
             (0..depth)

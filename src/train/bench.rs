@@ -11,7 +11,7 @@ use super::step::{self, Models, Phase, Schedules};
 use crate::config::Config;
 use crate::device::{TrainableBackbone, TrainingBackend};
 use crate::images::Images;
-use crate::optim::OneDevice;
+use crate::parallel::OneDevice;
 
 /// Per-step figures of a bench run.
 pub struct Timings {
@@ -51,7 +51,8 @@ pub fn time_steps<A: TrainingBackend, M: TrainableBackbone<A>>(
             ends.push(Instant::now());
         };
         let outcome;
-        (models, outcome) = step::dino_step(models, batch, &h, &mut OneDevice, &mut on_phase);
+        (models, outcome) = step::dino_step(models, batch, &h, &mut OneDevice, &mut on_phase)
+            .expect("one device has no peer to fail");
         // after the step's phases: the device has finished it, reading waits for nothing
         let loss: f64 = outcome.loss.into_scalar().elem();
         assert!(loss.is_finite(), "step {it}: the loss is {loss}");

@@ -9,8 +9,10 @@ pub mod step;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
 
@@ -24,7 +26,7 @@ use crate::config::Config;
 use crate::device::{TrainableBackbone, TrainingBackend};
 use crate::images::Images;
 use crate::loss::teacher_stats;
-use crate::optim::OneDevice;
+use crate::parallel::{self, Abort, Collective, HubLink, OneDevice, ParallelError, Peer, World};
 use crate::precision::Precision;
 pub use resume::ResumeError;
 use step::{Models, Schedules};
@@ -48,12 +50,21 @@ pub enum TrainError {
     RunExists { path: PathBuf },
     #[error("--resume: no checkpoint in {path}; start the run without --resume")]
     NothingToResume { path: PathBuf },
-    #[error("{path}: fewer samples ({samples}) than one batch ({batch}); lower data.batch_size")]
+    #[error(
+        "{path}: fewer samples ({samples}) than one global batch ({batch}: data.batch_size x \
+         devices); lower data.batch_size"
+    )]
     TooFewSamples {
         path: PathBuf,
         samples: u64,
         batch: usize,
     },
+    #[error(transparent)]
+    Parallel(#[from] ParallelError),
+    #[error("cannot coordinate the nodes on port {port} (run.coordinator): {err}")]
+    Coordinator { port: u16, err: std::io::Error },
+    #[error("rank {rank} panicked (its message is above); the run stops")]
+    Panicked { rank: usize },
     #[error("optim.epochs ({epochs}) x {per_epoch} steps per epoch overflows")]
     TooManySteps { epochs: u64, per_epoch: u64 },
     #[error("the loss is {loss} at step {step} (epoch {epoch}); stopping. {last}. {what_to_do}")]
@@ -116,6 +127,9 @@ pub enum Event<'a> {
         first_step: u64,
         total_steps: u64,
         steps_per_epoch: u64,
+        /// ranks in the run, and the bytes each all-reduces per step (0 on one device)
+        ranks: usize,
+        all_reduce_bytes: u64,
     },
     Step {
         step: u64,
@@ -134,16 +148,27 @@ pub struct Summary {
     pub checkpoint: Option<PathBuf>,
 }
 
+/// Trains on `devices`, this node's (one rank each; `cfg.run` says how many nodes take part).
+/// Rank 0 writes the checkpoints and metrics; `on_event` hears this node's first rank.
 pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
     cfg: &Config,
     opts: &RunOptions,
-    device: &A::Device,
+    devices: &[A::Device],
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Summary, TrainError> {
+    let world = World::new(&cfg.run, devices.len());
+    let writes = world.node_rank == 0;
     let ckpt_dir = opts.out.join("checkpoints");
-    let (_lock, candidates) = prepare_run_dir(cfg, opts, &ckpt_dir)?;
+    // node 0 owns the run folder; the other nodes read its checkpoints (a folder all see)
+    let (_lock, candidates) = if writes {
+        let (lock, candidates) = prepare_run_dir(cfg, opts, &ckpt_dir)?;
+        (Some(lock), candidates)
+    } else {
+        (None, resume_candidates(opts, &ckpt_dir)?)
+    };
 
     // ============ the models: student, an exact copy as teacher, loss, optimizer ============
+    let device = &devices[0];
     let mut models = Models::<A, M>::new(cfg, device);
     let mut step = 0;
     let mut position = Default::default();
@@ -151,6 +176,7 @@ pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
     let resume_from = pick_checkpoint(&candidates, on_event)?;
     if let Some((path, ckpt)) = &resume_from {
         resume::check_compatible(cfg, &ckpt.state, path)?;
+        resume::check_world(&ckpt.state, world.size(), path)?;
         if ckpt.state.data_plan != data_plan {
             return Err(ResumeError::OtherData {
                 path: path.clone(),
@@ -163,16 +189,168 @@ pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
         step = ckpt.state.step;
         position = ckpt.state.position.into();
     }
-    let resume_from = resume_from.map(|(path, _)| path);
+    let start = Start {
+        models,
+        step,
+        position,
+        checkpoint: resume_from.map(|(path, _)| path),
+        data_plan,
+    };
+    if world.size() == 1 {
+        return run_rank(cfg, opts, start, &mut OneDevice, writes, on_event);
+    }
 
-    // ============ the data ============
-    let mut loader = Loader::start(loader_config(cfg, &opts.data, position))?;
+    // ============ one rank per device, meeting at each step's all-reduce ============
+    let _session = parallel::session::<A::InnerBackend>();
+    if world.nodes > 1 && world.node_rank == 0 {
+        let port = cfg
+            .run
+            .coordinator
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok());
+        let port: u16 = port.expect("a validated HOST:PORT");
+        let hub = std::net::TcpListener::bind(("0.0.0.0", port))
+            .and_then(|listener| parallel::start_hub(listener, world.size(), world.timeout()));
+        hub.map_err(|err| TrainError::Coordinator { port, err })?;
+    }
+    let abort = Arc::new(Abort::default());
+    let world = &world;
+    type Link<B> = Box<dyn Collective<B>>;
+    let join = |local: usize, device: &A::Device| -> Result<Link<_>, ParallelError> {
+        Ok(if world.nodes > 1 {
+            Box::new(HubLink::<A::InnerBackend>::connect(
+                world,
+                local,
+                device.clone(),
+            )?)
+        } else {
+            let name = format!("{device:?}");
+            Box::new(Peer::<A::InnerBackend>::join(
+                world,
+                local,
+                device.clone(),
+                name,
+                abort.clone(),
+            )?)
+        })
+    };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (devices.iter().enumerate().skip(1))
+            .map(|(local, device)| {
+                let start = start.replica(device);
+                let (join, abort) = (&join, abort.clone());
+                scope.spawn(move || {
+                    let _watch = PanicWatch(&abort, world.rank(local));
+                    let result =
+                        join(local, device)
+                            .map_err(TrainError::from)
+                            .and_then(|mut peer| {
+                                run_rank(cfg, opts, start, &mut *peer, false, &mut |_| {})
+                            });
+                    if let Err(e) = &result {
+                        abort.fail(e.to_string());
+                    }
+                    result
+                })
+            })
+            .collect();
+        let first = join(0, device)
+            .map_err(TrainError::from)
+            .and_then(|mut peer| run_rank(cfg, opts, start, &mut *peer, writes, on_event));
+        if let Err(e) = &first {
+            abort.fail(e.to_string());
+        }
+        let rest = others.into_iter().enumerate().map(|(i, handle)| {
+            let rank = world.rank(i + 1);
+            handle.join().unwrap_or(Err(TrainError::Panicked { rank }))
+        });
+        first_cause(std::iter::once(first).chain(rest).collect())
+    })
+}
+
+/// Where a rank starts: the models (fresh or restored) and the run's position.
+struct Start<A: TrainingBackend, M: TrainableBackbone<A>> {
+    models: Models<A, M>,
+    step: u64,
+    position: dino_pipeline::batch::Position,
+    /// the checkpoint it continues from
+    checkpoint: Option<PathBuf>,
+    data_plan: String,
+}
+
+impl<A: TrainingBackend, M: TrainableBackbone<A>> Start<A, M> {
+    fn replica(&self, device: &A::Device) -> Self {
+        Self {
+            models: self.models.replica(device),
+            checkpoint: self.checkpoint.clone(),
+            data_plan: self.data_plan.clone(),
+            ..*self
+        }
+    }
+}
+
+/// Tells the other ranks of the process when a rank's thread panics.
+struct PanicWatch<'a>(&'a Abort, usize);
+
+impl Drop for PanicWatch<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail(format!("rank {} panicked", self.1));
+        }
+    }
+}
+
+/// The run's outcome from its ranks' (rank order): rank 0's summary, or the error that
+/// started the failure (not another rank's report of it).
+fn first_cause(results: Vec<Result<Summary, TrainError>>) -> Result<Summary, TrainError> {
+    let follows = |r: &Result<Summary, TrainError>| {
+        matches!(
+            r,
+            Err(TrainError::Parallel(ParallelError::PeerFailed { .. }))
+        )
+    };
+    let mut results = results;
+    if let Some(i) = results.iter().position(|r| r.is_err() && !follows(r)) {
+        return results.swap_remove(i);
+    }
+    match results.iter().position(Result::is_err) {
+        Some(i) => results.swap_remove(i),
+        None => results.swap_remove(0),
+    }
+}
+
+/// One rank's training loop: the official `train_one_epoch`, epoch after epoch, on this
+/// rank's part of each global batch. `writes`: the rank that keeps the metrics and
+/// checkpoints.
+fn run_rank<A: TrainingBackend, M: TrainableBackbone<A>>(
+    cfg: &Config,
+    opts: &RunOptions,
+    start: Start<A, M>,
+    sync: &mut dyn Collective<A::InnerBackend>,
+    writes: bool,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Summary, TrainError> {
+    let Start {
+        mut models,
+        mut step,
+        position,
+        checkpoint: resume_from,
+        data_plan,
+    } = start;
+    let device = &models.loss.center.device();
+    let ckpt_dir = opts.out.join("checkpoints");
+
+    // ============ the data: this rank's part of each global batch ============
+    let mut lc = loader_config(cfg, &opts.data, position);
+    (lc.rank, lc.world) = (sync.rank(), sync.world());
+    let mut loader = Loader::start(lc)?;
     let per_epoch = loader.batches_per_epoch();
+    let global_batch = cfg.data.batch_size * sync.world();
     if per_epoch == 0 {
         return Err(TrainError::TooFewSamples {
             path: opts.data.clone(),
             samples: loader.dataset_len(),
-            batch: cfg.data.batch_size,
+            batch: global_batch,
         });
     }
     if let Some(path) = &resume_from {
@@ -181,8 +359,7 @@ pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
 
     // ============ schedules (per iteration, the teacher temperature per epoch) ============
     let epochs = cfg.optim.epochs;
-    // one device: the global batch is the device's batch
-    let schedules = Schedules::new(cfg, per_epoch, cfg.data.batch_size);
+    let schedules = Schedules::new(cfg, per_epoch, global_batch);
     let all_steps = epochs
         .checked_mul(per_epoch)
         .ok_or(TrainError::TooManySteps { epochs, per_epoch })?;
@@ -191,13 +368,32 @@ pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
         n => n.min(all_steps),
     };
     let first_step = step;
+    // every trainable parameter's gradient (all but the head's fixed weight_g with
+    // norm_last_layer), the loss and the batch centre, in f32
+    let fixed = if cfg.model.norm_last_layer {
+        cfg.model.out_dim
+    } else {
+        0
+    };
+    let all_reduce_bytes = match sync.world() {
+        1 => 0,
+        _ => 4 * (models.student.num_params() - fixed + 1 + cfg.model.out_dim) as u64,
+    };
     on_event(Event::Start {
         first_step,
         total_steps,
         steps_per_epoch: per_epoch,
+        ranks: sync.world(),
+        all_reduce_bytes,
     });
 
-    let mut metrics = metrics::MetricsLog::open(&opts.out.join("metrics.jsonl"), step)?;
+    let mut metrics = match writes {
+        true => Some(metrics::MetricsLog::open(
+            &opts.out.join("metrics.jsonl"),
+            step,
+        )?),
+        false => None,
+    };
     let mut guard = guard::CollapseGuard::new(cfg.model.out_dim);
     let mut last_checkpoint = resume_from.clone();
     let mut last_loss = f64::NAN;
@@ -219,13 +415,17 @@ pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
         // ============ the DINO step: forward, loss, backward, update, EMA, centre ============
         let images = Images::<A::InnerBackend>::from_batch(&batch, device);
         drop(batch); // its buffer goes back to the pipeline
-        let (next, images_done) = (images.next, images.n_globals / 2);
+        let (next, images_done) = (images.next, images.n_globals / 2 * sync.world());
         let outcome;
-        (models, outcome) = step::dino_step(models, images, &h, &mut OneDevice, &mut |_| {});
+        (models, outcome) = step::dino_step(models, images, &h, sync, &mut |_| {})?;
         // the previous step's loss, read now that this one is queued behind it
         if let Some(previous) = pending.take() {
-            last_loss =
-                previous.settle(&mut metrics, &last_checkpoint, cfg.run.precision, on_event)?;
+            last_loss = previous.settle(
+                metrics.as_mut(),
+                &last_checkpoint,
+                cfg.run.precision,
+                on_event,
+            )?;
         }
         pending = Some(PendingLoss {
             loss: outcome.loss,
@@ -245,25 +445,32 @@ pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
             // before a log line or a checkpoint, this step's own loss (a checkpoint is never
             // written from the weights that a non-finite loss updated)
             if let Some(current) = pending.take() {
-                last_loss =
-                    current.settle(&mut metrics, &last_checkpoint, cfg.run.precision, on_event)?;
+                last_loss = current.settle(
+                    metrics.as_mut(),
+                    &last_checkpoint,
+                    cfg.run.precision,
+                    on_event,
+                )?;
             }
         }
         if step % cfg.run.log_every == 0 || step == total_steps {
-            let stats = teacher_stats(outcome.targets);
-            let line = metrics.line(&h, step, &stats, replaced)?;
-            on_event(Event::Log(&line));
-            if let Some(warning) = guard.check(&line) {
-                on_event(Event::Warning(warning));
+            let stats = teacher_stats(outcome.targets, sync)?;
+            if let Some(metrics) = metrics.as_mut() {
+                let line = metrics.line(&h, step, &stats, replaced)?;
+                on_event(Event::Log(&line));
+                if let Some(warning) = guard.check(&line) {
+                    on_event(Event::Warning(warning));
+                }
             }
         }
 
         // ============ checkpoint ============
-        if save && opts.checkpoints {
+        if save && opts.checkpoints && writes {
             let progress = snapshot::Progress {
                 step,
                 position: next,
                 data_plan: &data_plan,
+                world: sync.world(),
             };
             let ckpt = snapshot::snapshot(cfg, progress, &models);
             let path = ckpt.save(&ckpt_dir, cfg.run.keep_checkpoints)?;
@@ -273,7 +480,12 @@ pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
         waited = Instant::now();
     }
     if let Some(last) = pending {
-        last_loss = last.settle(&mut metrics, &last_checkpoint, cfg.run.precision, on_event)?;
+        last_loss = last.settle(
+            metrics.as_mut(),
+            &last_checkpoint,
+            cfg.run.precision,
+            on_event,
+        )?;
     }
     Ok(Summary {
         steps: step,
@@ -300,7 +512,7 @@ impl<B: Backend> PendingLoss<B> {
     /// the step to the metrics.
     fn settle(
         self,
-        metrics: &mut metrics::MetricsLog,
+        metrics: Option<&mut metrics::MetricsLog>,
         last_checkpoint: &Option<PathBuf>,
         precision: Precision,
         on_event: &mut dyn FnMut(Event),
@@ -327,7 +539,9 @@ impl<B: Backend> PendingLoss<B> {
                 },
             });
         }
-        metrics.add(loss, self.data_wait, self.step_time, self.images);
+        if let Some(metrics) = metrics {
+            metrics.add(loss, self.data_wait, self.step_time, self.images);
+        }
         on_event(Event::Step {
             step: self.step + 1,
             loss,
@@ -354,9 +568,18 @@ fn prepare_run_dir(
         .ok_or_else(|| TrainError::Busy {
             path: opts.out.clone(),
         })?;
+    let candidates = resume_candidates(opts, ckpt_dir)?;
+    let config_path = opts.out.join("config.toml");
+    fs::write(&config_path, cfg.to_toml()).map_err(io(&config_path))?;
+    Ok((lock, candidates))
+}
+
+/// The checkpoints `opts.resume` asks for, in the order to try them; refuses a new run over
+/// one that has checkpoints.
+fn resume_candidates(opts: &RunOptions, ckpt_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
     let mut saved = checkpoint::list(ckpt_dir)?;
     saved.reverse(); // newest first
-    let candidates = match &opts.resume {
+    Ok(match &opts.resume {
         Resume::No if saved.is_empty() => Vec::new(),
         // a run without any checkpoint yet (stopped early, or failed to start) has nothing
         // to lose and is simply started again
@@ -372,10 +595,7 @@ fn prepare_run_dir(
         }
         Resume::Latest => saved,
         Resume::From(path) => vec![path.clone()],
-    };
-    let config_path = opts.out.join("config.toml");
-    fs::write(&config_path, cfg.to_toml()).map_err(io(&config_path))?;
-    Ok((lock, candidates))
+    })
 }
 
 /// The first of `candidates` that loads. A damaged one is reported and the next (older) one

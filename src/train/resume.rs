@@ -46,6 +46,17 @@ pub enum ResumeError {
         per_epoch: u64,
         epochs: u64,
     },
+    #[error(
+        "{path}: the run trained on {saved} device(s) and this one has {now}; resume on {saved} \
+         (--devices, --nodes), or start a new run. Another count would change the global \
+         batch (data.batch_size per device x devices), and with it the learning rate and the \
+         steps per epoch"
+    )]
+    OtherWorld {
+        path: PathBuf,
+        saved: usize,
+        now: usize,
+    },
     #[error("{path}: {err}")]
     Network { path: PathBuf, err: LoadError },
     #[error("{path}: tensor `{name}` is missing")]
@@ -102,6 +113,19 @@ pub fn check_compatible(cfg: &Config, state: &State, path: &Path) -> Result<(), 
         Err(ResumeError::OtherConfig {
             path: path.to_path_buf(),
             differ: differ.join(", "),
+        })
+    }
+}
+
+/// A run continues on as many devices as it started on.
+pub fn check_world(state: &State, world: usize, path: &Path) -> Result<(), ResumeError> {
+    if state.world == world {
+        Ok(())
+    } else {
+        Err(ResumeError::OtherWorld {
+            path: path.to_path_buf(),
+            saved: state.world,
+            now: world,
         })
     }
 }

@@ -19,6 +19,8 @@ pub struct Progress<'a> {
     pub step: u64,
     pub position: Position,
     pub data_plan: &'a str,
+    /// devices in the run
+    pub world: usize,
 }
 
 /// The checkpoint of `models` at `progress`.
@@ -53,6 +55,7 @@ pub fn snapshot<A: TrainingBackend, M: TrainableBackbone<A>>(
             data_plan: progress.data_plan.to_string(),
             optimizer_steps,
             config: cfg.to_toml(),
+            world: progress.world,
         },
         student: params::to_host(&params::collect(&student.valid())),
         teacher: params::to_host(&params::collect(teacher)),

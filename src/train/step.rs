@@ -2,7 +2,7 @@
 //! student on all crops, loss, backward, gradient transforms, update, EMA, centre. `train`
 //! and `benches/train_step.rs` both run it.
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::tensor::Tensor;
 use dino_pipeline::rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -11,8 +11,9 @@ use crate::config::Config;
 use crate::device::{TrainableBackbone, TrainingBackend};
 use crate::images::Images;
 use crate::loss::DinoLoss;
-use crate::model::Dino;
-use crate::optim::{AdamW, GradientSync, Gradients};
+use crate::model::{Dino, PassRows};
+use crate::optim::{AdamW, Gradients, Moments};
+use crate::parallel::{Collective, ParallelError};
 use crate::params;
 use crate::precision::{Precision, in_dtype};
 use crate::schedule::{Cosine, TeacherTemp};
@@ -45,6 +46,33 @@ impl<A: TrainingBackend, M: TrainableBackbone<A>> Models<A, M> {
             teacher,
             loss,
             optimizer: AdamW::default(),
+        }
+    }
+}
+
+impl<A: TrainingBackend, M: TrainableBackbone<A>> Models<A, M> {
+    /// A replica on `device` (the same parameters, ids included), for another rank.
+    pub fn replica(&self, device: &A::Device) -> Self {
+        let to = |t: &Tensor<Inner<A>, 1>| t.clone().to_device(device);
+        Self {
+            student: self.student.clone().fork(device),
+            teacher: self.teacher.clone().fork(device),
+            loss: DinoLoss {
+                center: self.loss.center.clone().to_device(device),
+                ..self.loss
+            },
+            optimizer: AdamW {
+                state: (self.optimizer.state.iter())
+                    .map(|(name, m)| {
+                        let moments = Moments {
+                            m: to(&m.m),
+                            v: to(&m.v),
+                            step: m.step,
+                        };
+                        (name.clone(), moments)
+                    })
+                    .collect(),
+            },
         }
     }
 }
@@ -135,23 +163,24 @@ pub enum Phase {
 
 /// What a step leaves for the logs.
 pub struct Outcome<A: TrainingBackend> {
-    /// [1], still on the device: reading it waits for the step to finish, so the trainer
+    /// [1], the mean over all devices, still on the device: reading it waits for the step to finish, so the trainer
     /// reads it one step later (a GPU then always has the next step queued)
     pub loss: Tensor<Inner<A>, 1>,
-    /// the teacher's targets, [2B, K], for its entropy statistics
+    /// the teacher's targets of this device's batch, [2B, K], for its entropy statistics
     pub targets: Tensor<Inner<A>, 2>,
 }
 
-/// One DINO step on `images`. `sync` is where gradients meet across devices; `on_phase` is
-/// told when each phase is done. Nothing here waits for the device: the caller checks the
-/// loss (a non-finite one means the updated models are bad and must not be saved).
+/// One DINO step on `images`, this device's part of the global batch. `sync` is where the
+/// devices meet; `on_phase` is told when each phase is done. Nothing here waits for the
+/// device: the caller checks the loss (a non-finite one means the updated models are bad and
+/// must not be saved).
 pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
     models: Models<A, M>,
     images: Images<Inner<A>>,
     h: &Hyper,
-    sync: &mut dyn GradientSync<Inner<A>>,
+    sync: &mut dyn Collective<Inner<A>>,
     on_phase: &mut dyn FnMut(Phase),
-) -> (Models<A, M>, Outcome<A>) {
+) -> Result<(Models<A, M>, Outcome<A>), ParallelError> {
     let Models {
         student,
         teacher,
@@ -165,11 +194,19 @@ pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
     // ============ teacher on the 2 globals, student on all crops ============
     let teacher_out = teacher.forward(vec![(globals.clone(), None)]); // [2B, K]
     let targets = loss.teacher_targets(teacher_out.clone(), h.teacher_temp);
+    // stochastic depth as drawn for the global batch, this device's rows of it
+    let batch = images.n_globals / 2;
     let pass = |pass: u64, n: usize| {
+        let rows = PassRows {
+            crops: n / batch,
+            global_batch: batch * sync.world(),
+            first: batch * sync.rank(),
+            batch,
+        };
         let mut rng = drop_path_rng(h.seed, h.step, pass);
         student
             .backbone
-            .drop_plan(h.drop_path_rate, n, &mut rng, &device)
+            .drop_plan(h.drop_path_rate, rows, &mut rng, &device)
     };
     let mut groups = vec![(Tensor::from_inner(globals), pass(0, images.n_globals))];
     if let Some(locals) = images.locals {
@@ -184,9 +221,15 @@ pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
     let grads = Gradients::collect(&student, &loss_value.backward());
     on_phase(Phase::Backward);
 
-    // ============ gradient transforms, then the update ============
+    // ============ the mean over all devices: gradients, loss and the batch centre ============
     let mut grads = grads;
-    sync.all_reduce_mean(&mut grads);
+    let batch_center = DinoLoss::batch_center(teacher_out);
+    let [loss_mean, batch_center] = grads
+        .all_reduce_mean(sync, vec![loss_value.inner(), batch_center])?
+        .try_into()
+        .expect("two means");
+
+    // ============ gradient transforms, then the update ============
     if h.freeze_last_layer {
         cancel_gradients_last_layer(&mut grads);
     }
@@ -198,7 +241,7 @@ pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
 
     // ============ EMA update of the teacher, then the centre ============
     let teacher = ema(teacher, &student, h.momentum);
-    loss.update_center(teacher_out);
+    loss.update_center(batch_center);
     on_phase(Phase::Ema);
 
     let models = Models {
@@ -208,10 +251,10 @@ pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
         optimizer,
     };
     let outcome = Outcome {
-        loss: loss_value.inner(),
+        loss: loss_mean,
         targets,
     };
-    (models, outcome)
+    Ok((models, outcome))
 }
 
 /// The official `cancel_gradients_last_layer`: the head's last layer stays fixed for the

@@ -478,6 +478,8 @@ pub struct HubLink<B: Backend> {
     reader: BufReader<TcpStream>,
     writer: BufWriter<TcpStream>,
     device: B::Device,
+    /// how long a reply may take
+    patience: Duration,
 }
 
 impl<B: Backend> HubLink<B> {
@@ -520,6 +522,7 @@ impl<B: Backend> HubLink<B> {
             reader: BufReader::new(stream),
             writer,
             device,
+            patience,
         })
     }
 }
@@ -547,6 +550,11 @@ impl<B: Backend> Collective<B> for HubLink<B> {
             std::io::ErrorKind::UnexpectedEof => {
                 fail("the connection closed: node 0 stopped".into())
             }
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => fail(format!(
+                "no answer within {} s (run.collective_timeout): a node has not joined, or \
+                 node 0 hangs",
+                self.patience.as_secs()
+            )),
             _ => fail(e.to_string()),
         })?;
         let n = mean.len();

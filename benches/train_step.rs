@@ -21,6 +21,7 @@ use dino_pipeline::batch::Position;
 use dino_stream::config::Config;
 use dino_stream::device::{self, DeviceChoice, TrainableBackbone, TrainingBackend, TrainingJob};
 use dino_stream::images::Images;
+use dino_stream::model::{BatchStats, Norm};
 use dino_stream::train::bench::{self, PHASES};
 use dino_stream::train::{self, Event, Resume, RunOptions};
 
@@ -116,7 +117,10 @@ impl TrainingJob for Check {
             (n_locals > 0).then(|| host(n_locals, l, 2)),
         );
         let teacher = dino_stream::train::step::Models::<A, M>::new(&self.cfg, &device).teacher;
-        let out = teacher.forward(vec![(globals.clone(), None)]);
+        let out = teacher.forward(
+            vec![(globals.clone(), None)],
+            &mut Norm::Batch(&mut BatchStats::default()),
+        );
         let out = out
             .into_data()
             .convert::<f32>()

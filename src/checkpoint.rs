@@ -1,7 +1,8 @@
 //! Checkpoints: everything a run needs to continue exactly.
 //!
 //! `RUN/checkpoints/step-NNNNNNNN/` holds `student.safetensors`, `teacher.safetensors`,
-//! `optimizer.safetensors` (AdamW moments `m.NAME`/`v.NAME` and the loss `center`) and
+//! `optimizer.safetensors` (AdamW's moments `m.NAME`/`v.NAME`, or SGD's and LARS's momentum
+//! buffer `m.NAME`, and the loss `center`) and
 //! `state.json` (step, pipeline position, per-tensor optimizer steps, config). A checkpoint is
 //! written into a hidden temporary folder, fsynced, then renamed: a crash leaves either the
 //! previous checkpoints or a complete new one. The stochastic-depth draws are a function of
@@ -29,7 +30,7 @@ pub struct State {
     /// the ingest plan fingerprint of the split trained on (manifest.json): the position
     /// only means something in that data's epoch order
     pub data_plan: String,
-    /// AdamW's per-tensor step counts
+    /// the optimizer's per-tensor step counts
     pub optimizer_steps: BTreeMap<String, u64>,
     /// the effective config, TOML
     pub config: String,
@@ -102,17 +103,33 @@ pub fn dir_name(step: u64) -> String {
 /// Writes a safetensors file of f32 tensors atomically (temporary name, fsync, rename): a
 /// reader sees the old file or the new one, and a full disk leaves no partial file.
 pub fn write_tensors(path: &Path, tensors: &HostTensors) -> Result<(), CheckpointError> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+    write_tensors_as(path, tensors, |_| false)
+}
+
+/// As [`write_tensors`], the tensors `int64` names as I64 (whole-valued counters, as
+/// PyTorch's `num_batches_tracked`).
+pub fn write_tensors_as(
+    path: &Path,
+    tensors: &HostTensors,
+    int64: impl Fn(&str) -> bool,
+) -> Result<(), CheckpointError> {
+    let bytes: Vec<(String, Dtype, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(name, (shape, values))| {
-            let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name.clone(), raw, shape.clone())
+            let (dtype, raw) = if int64(name) {
+                let raw = values.iter().flat_map(|&v| (v as i64).to_le_bytes());
+                (Dtype::I64, raw.collect())
+            } else {
+                let raw = values.iter().flat_map(|v| v.to_le_bytes());
+                (Dtype::F32, raw.collect())
+            };
+            (name.clone(), dtype, raw, shape.clone())
         })
         .collect();
     let views = bytes
         .iter()
-        .map(|(name, raw, shape)| {
-            let view = TensorView::new(Dtype::F32, shape.clone(), raw).expect("shape matches data");
+        .map(|(name, dtype, raw, shape)| {
+            let view = TensorView::new(*dtype, shape.clone(), raw).expect("shape matches data");
             (name.as_str(), view)
         })
         .collect::<Vec<_>>();
@@ -123,7 +140,7 @@ pub fn write_tensors(path: &Path, tensors: &HostTensors) -> Result<(), Checkpoin
     dino_pipeline::manifest::write_atomic(path, &data).map_err(io(path))
 }
 
-/// Reads every tensor of a safetensors file as f32 (F32 only).
+/// Reads every tensor of a safetensors file as f32 (F32, and I64 counters).
 pub fn read_tensors(path: &Path) -> Result<HostTensors, CheckpointError> {
     let data = fs::read(path).map_err(io(path))?;
     let bad = |why: String| CheckpointError::Tensors {
@@ -133,17 +150,19 @@ pub fn read_tensors(path: &Path) -> Result<HostTensors, CheckpointError> {
     let file = safetensors::SafeTensors::deserialize(&data).map_err(|e| bad(e.to_string()))?;
     let mut out = HostTensors::new();
     for (name, view) in file.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(bad(format!(
-                "tensor `{name}` is {:?}, expected F32",
-                view.dtype()
-            )));
-        }
-        let values = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let values = match view.dtype() {
+            Dtype::F32 => (view.data().chunks_exact(4))
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect(),
+            Dtype::I64 => (view.data().chunks_exact(8))
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            other => {
+                return Err(bad(format!(
+                    "tensor `{name}` is {other:?}, expected F32 (or an I64 counter)"
+                )));
+            }
+        };
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(out)

@@ -6,7 +6,7 @@ use std::path::Path;
 use dino_pipeline::augment::ViewSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BackboneKind, HeadConfig, VitConfig};
+use crate::model::{BackboneKind, HeadConfig, ResNetConfig, VitConfig};
 use crate::precision::Precision;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -23,22 +23,32 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// vit_tiny | vit_small | vit_base | custom (then embed_dim, depth and num_heads are
+    /// vit_tiny | vit_small | vit_base | custom (a ViT: then embed_dim, depth and num_heads
+    /// are required) | resnet50 | resnet101 | resnet152 | resnet (then resnet_layers is
     /// required)
     pub arch: String,
+    /// ViTs only
     pub patch_size: usize,
-    /// the side the positional grid is learned for (the global crop size in the recipe)
+    /// the side the positional grid is learned for (the global crop size in the recipe);
+    /// also the side k-NN evaluates at
     pub img_size: usize,
     /// The ViT's shape: a named arch fixes them (an explicit value must agree with it);
     /// after parsing they always hold the effective values.
     pub embed_dim: Option<usize>,
     pub depth: Option<usize>,
     pub num_heads: Option<usize>,
+    /// A ResNet's bottleneck blocks per stage and stem width (torchvision's 64): a named
+    /// arch fixes them; after parsing they hold the effective values.
+    pub resnet_layers: Option<[usize; 4]>,
+    pub resnet_width: Option<usize>,
+    /// stochastic depth, ViTs only (as the official code, a ResNet ignores it)
     pub drop_path_rate: f64,
     pub out_dim: usize,
     pub head_hidden_dim: usize,
     pub head_bottleneck_dim: usize,
     pub norm_last_layer: bool,
+    /// batch norm between the head's MLP layers (the official `use_bn_in_head`)
+    pub use_bn_in_head: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,6 +93,9 @@ pub struct AugmentConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
+    /// adamw (the ViT recipe) | sgd (the ResNet recipe, momentum 0.9) | lars (the released
+    /// ResNet-50's; eta 0.001)
+    pub optimizer: crate::optim::Rule,
     pub epochs: u64,
     /// peak learning rate for a global batch of 256 (linear scaling rule)
     pub lr: f64,
@@ -149,11 +162,14 @@ impl Default for ModelConfig {
             embed_dim: None,
             depth: None,
             num_heads: None,
+            resnet_layers: None,
+            resnet_width: None,
             drop_path_rate: 0.1,
             out_dim: 65536,
             head_hidden_dim: 2048,
             head_bottleneck_dim: 256,
             norm_last_layer: true,
+            use_bn_in_head: false,
         }
     }
 }
@@ -174,6 +190,27 @@ impl ModelConfig {
                     self.arch, v.patch_size, v.embed_dim, v.depth, v.num_heads
                 )
             }
+            BackboneKind::ResNet => {
+                let r = self.resnet();
+                format!("{} (blocks {:?}, width {})", self.arch, r.layers, r.width)
+            }
+        }
+    }
+
+    /// Whether the networks have batch norms (a ResNet, or the head's `use_bn_in_head`).
+    pub fn has_batch_norm(&self) -> bool {
+        self.kind() == BackboneKind::ResNet || self.use_bn_in_head
+    }
+
+    /// The ResNet's shape (the config has been resolved).
+    pub fn resnet(&self) -> ResNetConfig {
+        ResNetConfig {
+            layers: self
+                .resnet_layers
+                .expect("a parsed config holds the ResNet's shape"),
+            width: self
+                .resnet_width
+                .expect("a parsed config holds the ResNet's shape"),
         }
     }
 
@@ -197,6 +234,7 @@ impl ModelConfig {
             hidden_dim: self.head_hidden_dim,
             bottleneck_dim: self.head_bottleneck_dim,
             norm_last_layer: self.norm_last_layer,
+            use_bn: self.use_bn_in_head,
         }
     }
 }
@@ -310,6 +348,7 @@ impl AugmentConfig {
 impl Default for OptimConfig {
     fn default() -> Self {
         Self {
+            optimizer: crate::optim::Rule::AdamW,
             epochs: 100,
             lr: 0.0005,
             min_lr: 1e-6,
@@ -432,16 +471,37 @@ impl Config {
         toml::to_string(self).expect("a config always serializes")
     }
 
-    /// Fills the ViT's shape from a named arch, checking explicit values against it; a
-    /// custom arch needs all three.
+    /// Fills the backbone's shape from a named arch, checking explicit values against it;
+    /// a custom arch needs them, and keys of the other family are refused.
     fn resolve(&mut self) -> Result<(), ConfigError> {
         let m = &mut self.model;
-        let known = crate::model::ARCHS.iter().any(|(name, ..)| *name == m.arch);
-        if !known && m.arch != "custom" {
+        let kind = BackboneKind::of(&m.arch).ok_or_else(|| ConfigError::Invalid {
+            key: "model.arch",
+            why: format!(
+                "`{}`: use vit_tiny, vit_small, vit_base, custom (a ViT), resnet50, \
+                 resnet101, resnet152 or resnet (a ResNet)",
+                m.arch
+            ),
+        })?;
+        let other_family = match kind {
+            BackboneKind::Vit => vec![
+                ("model.resnet_layers", m.resnet_layers.is_some()),
+                ("model.resnet_width", m.resnet_width.is_some()),
+            ],
+            BackboneKind::ResNet => vec![
+                ("model.embed_dim", m.embed_dim.is_some()),
+                ("model.depth", m.depth.is_some()),
+                ("model.num_heads", m.num_heads.is_some()),
+            ],
+        };
+        if let Some((key, _)) = other_family.iter().find(|(_, given)| *given) {
             return Err(ConfigError::Invalid {
-                key: "model.arch",
-                why: format!("`{}`: use vit_tiny, vit_small, vit_base or custom", m.arch),
+                key,
+                why: format!("does not apply to arch `{}`; drop the key", m.arch),
             });
+        }
+        if kind == BackboneKind::ResNet {
+            return Self::resolve_resnet(m);
         }
         let named = VitConfig::named(&m.arch, m.patch_size, m.img_size);
         let arch = m.arch.clone();
@@ -481,26 +541,82 @@ impl Config {
         Ok(())
     }
 
+    fn resolve_resnet(m: &mut ModelConfig) -> Result<(), ConfigError> {
+        let arch = m.arch.clone();
+        let contradicts = |given: String, fixed: String| {
+            format!(
+                "{given} contradicts arch `{arch}`, whose value is {fixed}; drop the key, or \
+                 set model.arch = \"resnet\""
+            )
+        };
+        match ResNetConfig::named(&m.arch) {
+            Some(named) => {
+                if let Some(given) = m.resnet_layers.filter(|l| *l != named.layers) {
+                    return Err(ConfigError::Invalid {
+                        key: "model.resnet_layers",
+                        why: contradicts(format!("{given:?}"), format!("{:?}", named.layers)),
+                    });
+                }
+                if let Some(given) = m.resnet_width.filter(|w| *w != named.width) {
+                    return Err(ConfigError::Invalid {
+                        key: "model.resnet_width",
+                        why: contradicts(given.to_string(), named.width.to_string()),
+                    });
+                }
+                m.resnet_layers = Some(named.layers);
+                m.resnet_width = Some(named.width);
+            }
+            None => {
+                if m.resnet_layers.is_none() {
+                    return Err(ConfigError::Invalid {
+                        key: "model.resnet_layers",
+                        why: "required with arch = \"resnet\" (blocks per stage, e.g. \
+                              [3, 4, 6, 3])"
+                            .into(),
+                    });
+                }
+                m.resnet_width.get_or_insert(64);
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let m = &self.model;
-        let vit = m.vit();
-        within("model.patch_size", m.patch_size, 1, MAX_SIDE)?;
-        within("model.img_size", m.img_size, m.patch_size, MAX_SIDE)?;
-        multiple(
-            "model.img_size",
-            m.img_size,
-            "model.patch_size",
-            m.patch_size,
-        )?;
-        within("model.embed_dim", vit.embed_dim, 1, 1 << 16)?;
-        within("model.depth", vit.depth, 1, 1024)?;
-        within("model.num_heads", vit.num_heads, 1, vit.embed_dim)?;
-        multiple(
-            "model.embed_dim",
-            vit.embed_dim,
-            "model.num_heads",
-            vit.num_heads,
-        )?;
+        // the smallest crop side a backbone takes: a ViT's patch, and for a ResNet the 32x
+        // reduction (the last stage's batch statistics need more than one value per channel)
+        let min_side = match m.kind() {
+            BackboneKind::Vit => {
+                let vit = m.vit();
+                within("model.patch_size", m.patch_size, 1, MAX_SIDE)?;
+                within("model.img_size", m.img_size, m.patch_size, MAX_SIDE)?;
+                multiple(
+                    "model.img_size",
+                    m.img_size,
+                    "model.patch_size",
+                    m.patch_size,
+                )?;
+                within("model.embed_dim", vit.embed_dim, 1, 1 << 16)?;
+                within("model.depth", vit.depth, 1, 1024)?;
+                within("model.num_heads", vit.num_heads, 1, vit.embed_dim)?;
+                multiple(
+                    "model.embed_dim",
+                    vit.embed_dim,
+                    "model.num_heads",
+                    vit.num_heads,
+                )?;
+                m.patch_size
+            }
+            BackboneKind::ResNet => {
+                let r = m.resnet();
+                within("model.resnet_width", r.width, 1, 1 << 12)?;
+                for blocks in r.layers {
+                    within("model.resnet_layers", blocks, 1, 256)?;
+                }
+                within("model.img_size", m.img_size, 32, MAX_SIDE)?;
+                32
+            }
+        };
         within("model.out_dim", m.out_dim, 2, 1 << 22)?;
         within("model.head_hidden_dim", m.head_hidden_dim, 1, 1 << 16)?;
         within(
@@ -517,8 +633,10 @@ impl Config {
             ("data.global_crop_size", d.global_crop_size as usize),
             ("data.local_crop_size", d.local_crop_size as usize),
         ] {
-            within(key, size, m.patch_size, MAX_SIDE)?;
-            multiple(key, size, "model.patch_size", m.patch_size)?;
+            within(key, size, min_side, MAX_SIDE)?;
+            if m.kind() == BackboneKind::Vit {
+                multiple(key, size, "model.patch_size", m.patch_size)?;
+            }
         }
         within("data.local_crops_number", d.local_crops_number, 0, 64)?;
         within("data.workers", d.workers, 0, MAX_WORKERS)?;

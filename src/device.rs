@@ -14,7 +14,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::fused::FusedOps;
-use crate::model::{Backbone, BackboneKind, VisionTransformer};
+use crate::model::{Backbone, BackboneKind, ResNet, VisionTransformer};
 
 /// The ops a forward pass needs: Burn's and the fused ones.
 pub trait InferenceBackend: FusedOps {}
@@ -126,6 +126,7 @@ pub fn run_training<J: TrainingJob>(
     ) -> J::Output {
         match kind {
             BackboneKind::Vit => job.run::<A, VisionTransformer<A>>(devices),
+            BackboneKind::ResNet => job.run::<A, ResNet<A>>(devices),
         }
     }
     let list = || {
@@ -199,6 +200,7 @@ pub fn run_inference<J: InferenceJob>(
         fn run<B: InferenceBackend>(self, device: B::Device) -> J::Output {
             match self.0 {
                 BackboneKind::Vit => self.1.run::<B, VisionTransformer<B>>(device),
+                BackboneKind::ResNet => self.1.run::<B, ResNet<B>>(device),
             }
         }
     }

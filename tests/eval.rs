@@ -11,7 +11,7 @@ use dino_stream::checkpoint::{self, HostTensors, Which};
 use dino_stream::config::Config;
 use dino_stream::eval::Weights;
 use dino_stream::eval::attention::{cls_attention, threshold_mask};
-use dino_stream::model::{Backbone, Dino, VisionTransformer};
+use dino_stream::model::{Backbone, Dino, Norm, VisionTransformer};
 use dino_stream::params;
 
 fn fixtures() -> PathBuf {
@@ -104,7 +104,10 @@ fn cls_of(dir: &Path, which: Which) -> Vec<f32> {
         TensorData::new(input.clone(), [shape[0], shape[1], shape[2], shape[3]]),
         &device,
     );
-    vit.forward(x, None).into_data().into_vec::<f32>().unwrap()
+    vit.forward(x, None, &mut Norm::Running)
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -178,7 +181,7 @@ fn import_reads_every_official_format_exactly() {
         let features = Tensor::<Flex, 2>::from_data(TensorData::new(cls, [2, 24]), &device);
         let out = dino
             .head
-            .forward(features)
+            .forward(features, &mut Norm::Running)
             .into_data()
             .into_vec::<f32>()
             .unwrap();

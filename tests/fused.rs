@@ -11,7 +11,7 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use dino_stream::config::Config;
 use dino_stream::fused::{self, reference};
 use dino_stream::images::Images;
-use dino_stream::model::VisionTransformer;
+use dino_stream::model::{ResNet, VisionTransformer};
 use dino_stream::parallel::OneDevice;
 use dino_stream::params;
 use dino_stream::train::step::{Models, Schedules, dino_step};
@@ -393,4 +393,134 @@ fn attention_matches_burns_attention_op() {
         let got = values(fused::attention(q, k, v).inner());
         close(&format!("{case} autodiff"), got, want, 1e-5);
     }
+}
+
+/// Batch norm (batch statistics) against the composed op, forward, statistics and the
+/// gradients of x, weight and bias, on [N, C, S] shapes: the head's [N, C] (S 1), two
+/// samples of two values (with two values per channel alone, dx is 0 up to eps and has no
+/// relative measure), odd channel and spatial sizes, and a map larger than a parallel task;
+/// and on given statistics (evaluation) against the composed affine.
+#[test]
+fn batch_norm_matches_the_composed_op_and_its_gradients() {
+    for (i, [n, c, s]) in [[7, 5, 1], [2, 3, 2], [3, 9, 49], [4, 16, 1031]]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 500 + 10 * i as u64;
+        // an offset that a one-pass variance would lose digits to
+        let x = (random([n, c * s], seed, 3.0) + 5.0).reshape([n, c, s]);
+        let w = random([1, c], seed + 1, 2.0).reshape([c]);
+        let b = random([1, c], seed + 2, 1.0).reshape([c]);
+        let case = format!("[{n}, {c}, {s}]");
+        let want =
+            reference::batch_norm::<Flex>(prim(x.clone()), prim(w.clone()), prim(b.clone()), 1e-5);
+        let (y, mean, var) = fused::batch_norm(x.clone(), w.clone(), b.clone(), 1e-5);
+        close(
+            &format!("batch norm {case}"),
+            values(y),
+            values(tensor::<Flex, 3>(want.y)),
+            1e-5,
+        );
+        close(
+            &format!("mean {case}"),
+            values(mean),
+            values(tensor::<Flex, 1>(want.mean)),
+            1e-5,
+        );
+        close(
+            &format!("var {case}"),
+            values(var),
+            values(tensor::<Flex, 1>(want.var)),
+            1e-5,
+        );
+
+        let r = random([n, c * s], seed + 3, 1.0).reshape([n, c, s]);
+        let grads = |fused_op: bool| {
+            let (xa, wa, ba) = (ad(&x), ad(&w), ad(&b));
+            let y = if fused_op {
+                fused::batch_norm(xa.clone(), wa.clone(), ba.clone(), 1e-5).0
+            } else {
+                let out = reference::batch_norm::<Ad>(
+                    prim(xa.clone()),
+                    prim(wa.clone()),
+                    prim(ba.clone()),
+                    1e-5,
+                );
+                tensor::<Ad, 3>(out.y)
+            };
+            let g = (y * Tensor::from_inner(r.clone())).sum().backward();
+            [
+                values(xa.grad(&g).unwrap()),
+                values(wa.grad(&g).unwrap()),
+                values(ba.grad(&g).unwrap()),
+            ]
+        };
+        let (got, want) = (grads(true), grads(false));
+        for ((what, got), want) in ["dx", "dw", "db"].iter().zip(got).zip(want) {
+            close(&format!("batch norm {what} {case}"), got, want, 1e-5);
+        }
+
+        let scale = random([1, c], seed + 4, 2.0).reshape([c]);
+        let shift = random([1, c], seed + 5, 2.0).reshape([c]);
+        let want = reference::channel_affine::<Flex>(
+            prim(x.clone()),
+            prim(scale.clone()),
+            prim(shift.clone()),
+        );
+        let got = fused::channel_affine(x.clone(), scale, shift);
+        close(
+            &format!("affine {case}"),
+            values(got),
+            values(tensor::<Flex, 3>(want)),
+            1e-6,
+        );
+    }
+}
+
+/// A ResNet's step (its batch norms reduce over samples and channels in parallel) gives the
+/// same bits on 1 and 2 threads.
+#[test]
+fn a_resnet_training_step_is_bit_identical_for_one_and_two_threads() {
+    let cfg = Config::parse(
+        "[model]\narch = \"resnet\"\nresnet_layers = [1, 1, 1, 1]\nresnet_width = 4\n\
+         img_size = 32\nout_dim = 64\nhead_hidden_dim = 32\nhead_bottleneck_dim = 16\n\
+         use_bn_in_head = true\n[optim]\noptimizer = \"sgd\"\n\
+         [data]\nbatch_size = 4\nglobal_crop_size = 32\nlocal_crop_size = 32\nlocal_crops_number = 2",
+        "test",
+        &[],
+    )
+    .unwrap();
+    let run = || {
+        let device = Default::default();
+        let mut models = Models::<Ad, ResNet<Ad>>::new(&cfg, &device);
+        let schedules = Schedules::new(&cfg, 10, cfg.data.batch_size);
+        for step in 0..2 {
+            let images = Images {
+                globals: random([8, 3 * 32 * 32], 40 + step, 2.0).reshape([8, 3, 32, 32]),
+                locals: Some(random([8, 3 * 32 * 32], 50 + step, 2.0).reshape([8, 3, 32, 32])),
+                n_globals: 8,
+                n_locals: 8,
+                next: Default::default(),
+            };
+            let h = schedules.at(step + 20, 2);
+            (models, _) = dino_step(models, images, &h, &mut OneDevice, &mut |_| {}).unwrap();
+        }
+        let mut all = params::to_host(&params::collect(&models.student.valid()));
+        all.extend(
+            params::to_host(&params::collect(&models.teacher))
+                .into_iter()
+                .map(|(k, v)| (format!("teacher.{k}"), v)),
+        );
+        all
+    };
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(run)
+    };
+    let (one, two) = (on(1), on(2));
+    assert_eq!(one, two, "a tensor differs between 1 and 2 threads");
+    assert!(one.contains_key("teacher.backbone.layer4.0.bn3.running_var"));
 }

@@ -9,4 +9,5 @@ mod hostile;
 mod ingest;
 mod model;
 mod parallel;
+mod resnet;
 mod train;

@@ -14,9 +14,9 @@ use dino_stream::config::ModelConfig;
 use dino_stream::device::Cpu;
 use dino_stream::loss::DinoLoss;
 use dino_stream::model::{
-    Backbone, Dino, DinoHead, HeadConfig, Init, VisionTransformer, VitConfig,
+    Backbone, Dino, DinoHead, HeadConfig, Init, Norm, VisionTransformer, VitConfig,
 };
-use dino_stream::optim::{AdamW, Gradients, clip_norm, decays};
+use dino_stream::optim::{Gradients, Optimizer, Rule, clip_norm, decays};
 use dino_stream::params;
 use dino_stream::schedule::{Cosine, TeacherTemp};
 use dino_stream::train::step::cancel_gradients_last_layer;
@@ -42,13 +42,13 @@ fn tensor<const D: usize>(r: &HostTensors, name: &str) -> Tensor<Inner, D> {
     Tensor::from_data(TensorData::new(values.clone(), shape), &Default::default())
 }
 
-fn values<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub fn values<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec().unwrap()
 }
 
 /// max |a - b| / scale, with the element counts checked; printed for the record
 /// (`cargo test --test model -- --nocapture`).
-fn max_diff(a: &[f32], b: &[f32], scale: f32) -> f32 {
+pub fn max_diff(a: &[f32], b: &[f32], scale: f32) -> f32 {
     assert_eq!(a.len(), b.len());
     let diff = a
         .iter()
@@ -115,7 +115,7 @@ fn vit_matches_timm_and_dino_interpolation_at_three_resolutions() {
         let tokens = values(vit.forward_tokens(x.clone(), None));
         let diff = max_diff(&tokens, &r[&format!("tokens{res}")].1, 1.0);
         assert!(diff <= 1e-4, "{res} px: tokens differ by {diff}");
-        let cls = values(vit.forward(x, None));
+        let cls = values(vit.forward(x, None, &mut Norm::Running));
         let diff = max_diff(&cls, &r[&format!("cls{res}")].1, 1.0);
         assert!(diff <= 1e-4, "{res} px: CLS differs by {diff}");
     }
@@ -151,11 +151,11 @@ fn intermediate_features_are_each_blocks_cls_through_the_final_norm() {
         assert_eq!(layers.len(), 2);
         assert_eq!(
             values(layers[0].clone()),
-            values(cut.forward(x.clone(), None))
+            values(cut.forward(x.clone(), None, &mut Norm::Running))
         );
         assert_eq!(
             values(layers[1].clone()),
-            values(vit.forward(x.clone(), None))
+            values(vit.forward(x.clone(), None, &mut Norm::Running))
         );
         let last = vit.intermediate_features(x.clone(), 1);
         assert_eq!(last.len(), 1);
@@ -183,6 +183,7 @@ fn dino_head_matches_with_and_without_learned_g() {
         hidden_dim: 64,
         bottleneck_dim: 16,
         norm_last_layer: false,
+        use_bn: false,
     };
     // the official Sequential indices 0, 2, 4 are our layers 0, 1, 2
     let rename = |k: &str| match k.strip_prefix("mlp.") {
@@ -195,7 +196,7 @@ fn dino_head_matches_with_and_without_learned_g() {
     let weights = subset(&r, "head.", rename);
     let head = DinoHead::<Inner>::new(&cfg, 48, &mut Init::new(0), &device);
     let head = params::load(head, &weights, &device).unwrap();
-    let out = values(head.forward(tensor::<2>(&r, "head_in")));
+    let out = values(head.forward(tensor::<2>(&r, "head_in"), &mut Norm::Running));
     let diff = max_diff(&out, &r["head_out"].1, 1.0);
     assert!(diff <= 1e-5, "head output differs by {diff}");
 
@@ -211,7 +212,7 @@ fn dino_head_matches_with_and_without_learned_g() {
         &device,
     );
     let frozen = params::load(frozen, &ones, &device).unwrap();
-    let out = values(frozen.forward(tensor::<2>(&r, "head_in")));
+    let out = values(frozen.forward(tensor::<2>(&r, "head_in"), &mut Norm::Running));
     let diff = max_diff(&out, &r["head_out_g1"].1, 1.0);
     assert!(
         diff <= 1e-5,
@@ -271,7 +272,7 @@ fn adamw_matches_torch_with_per_step_lr_and_weight_decay() {
         w: Param::from_tensor(Tensor::from_inner(tensor::<2>(&r, "adamw.w0")).require_grad()),
         b: Param::from_tensor(Tensor::from_inner(tensor::<1>(&r, "adamw.b0")).require_grad()),
     };
-    let mut adamw = AdamW::default();
+    let mut adamw = Optimizer::new(Rule::AdamW);
     for k in 0..3 {
         // a loss whose gradient is exactly the reference gradient
         let gw = Tensor::from_inner(tensor::<2>(&r, &format!("adamw.grad{k}.w")));
@@ -419,9 +420,9 @@ fn frozen_last_layer_keeps_weights_and_optimizer_state() {
             ),
             &device,
         );
-        let mut adamw = AdamW::default();
+        let mut adamw = Optimizer::new(Rule::AdamW);
         for freeze in [true, false] {
-            let out = model.forward(vec![(x.clone(), None)]);
+            let out = model.forward(vec![(x.clone(), None)], &mut Norm::Running);
             let mut grads = Gradients::collect(&model, &out.square().mean().backward());
             // the trainer's transforms, in its order
             if freeze {

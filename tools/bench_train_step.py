@@ -8,7 +8,7 @@ facebookresearch/dino main_dino.py train_one_epoch in float32 without AMP, with
 the model, loss and optimiser helpers of tools/dino_torch.py (shared with
 tools/dino_reference.py, the full training run):
 
-  * model: the ViT of --config (default configs/quickstart.toml: patch 8,
+  * model: the backbone of --config (default configs/quickstart.toml: patch 8,
     img 64, dim 96, depth 4, 3 heads; configs/bench_vit_tiny.toml: ViT-Ti/16)
     with mlp 4, qkv bias, LayerNorm eps 1e-6, exact GELU, CLS token, from
     timm's VisionTransformer, run with DINO's prepare_tokens and
@@ -17,14 +17,18 @@ tools/dino_reference.py, the full training run):
     hidden -> bottleneck, L2 normalise, weight-normalised Linear(bottleneck,
     out_dim, no bias) with weight_g fixed at 1 (norm_last_layer). Attention is
     DINO's explicit softmax(q k^T / sqrt(d)) v unless --fused-attn (torch's
-    SDPA) is given.
+    SDPA) is given. A ResNet config (configs/resnet_quickstart.toml) gets
+    torchvision's Bottleneck ResNet of its resnet_layers/resnet_width, no fc,
+    student and teacher both normalizing with batch statistics (the teacher is
+    never put in eval mode), and the head's BatchNorm1d with use_bn_in_head.
   * the config's batch, 2 global crops and its local crops at its sizes,
     random normal inputs made once. Student: one backbone pass for the
     globals, one for the locals, the head once; teacher (same weights, no drop
     path): globals, no grad.
   * DINOLoss (student temp 0.1, teacher temp 0.04, centre momentum 0.9) over
     the (teacher global, other student view) pairs; AdamW lr 2.5e-4, weight
-    decay 0.04 on the non-bias, non-1-D parameters; DINO's per-tensor
+    decay 0.04 on the non-bias, non-1-D parameters (with optim.optimizer =
+    "sgd" in the config: SGD, momentum 0.9, the same groups); DINO's per-tensor
     clip_gradients at 3.0; teacher EMA with momentum 0.996.
 
 Phases, each timed with time.perf_counter(): forward (teacher + student +
@@ -71,16 +75,18 @@ import time  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 
-from dino_torch import (Backbone, DINOHead, Dino, clip_gradients, dino_loss,  # noqa: E402
-                        ema_update, params_groups, teacher_targets, update_center)
+from dino_torch import (Backbone, DINOHead, Dino, ResNetBackbone, clip_gradients,  # noqa: E402
+                        dino_loss, ema_update, params_groups, teacher_targets, update_center)
 
 N_GLOBAL = 2
 STUDENT_TEMP, TEACHER_TEMP, CENTER_MOMENTUM = 0.1, 0.04, 0.9
 LR, WEIGHT_DECAY, CLIP, EMA_MOMENTUM = 2.5e-4, 0.04, 3.0, 0.996
 WARMUP = 5
 PHASES = ("forward", "backward", "optimizer", "ema", "step")
-# the recipe's named ViTs: embed_dim, depth, heads (src/model/mod.rs ARCHS)
+# the recipe's named ViTs: embed_dim, depth, heads (src/model/mod.rs ARCHS), and ResNets:
+# blocks per stage (RESNETS)
 ARCHS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+RESNETS = {"resnet50": [3, 4, 6, 3], "resnet101": [3, 4, 23, 3], "resnet152": [3, 8, 36, 3]}
 
 
 def shape_of(config: str | None) -> dict:
@@ -91,8 +97,9 @@ def shape_of(config: str | None) -> dict:
                                   "configs", "quickstart.toml")
     with open(path, "rb") as f:
         cfg = tomllib.load(f)
-    m, d = cfg.get("model", {}), cfg.get("data", {})
+    m, d, o = cfg.get("model", {}), cfg.get("data", {}), cfg.get("optim", {})
     arch = m.get("arch", "vit_small")
+    resnet = arch == "resnet" or arch in RESNETS
     dim, depth, heads = ARCHS.get(arch, (None, None, None))
     return {
         "patch": m.get("patch_size", 16), "img": m.get("img_size", 224),
@@ -100,6 +107,10 @@ def shape_of(config: str | None) -> dict:
         "heads": m.get("num_heads", heads), "drop_path": m.get("drop_path_rate", 0.1),
         "out_dim": m.get("out_dim", 65536), "hidden": m.get("head_hidden_dim", 2048),
         "bottleneck": m.get("head_bottleneck_dim", 256),
+        "resnet": (m.get("resnet_width", 64), m.get("resnet_layers", RESNETS.get(arch)))
+        if resnet else None,
+        "use_bn_in_head": m.get("use_bn_in_head", False),
+        "optimizer": o.get("optimizer", "adamw"),
         "batch": d.get("batch_size", 64), "global_px": d.get("global_crop_size", 224),
         "local_px": d.get("local_crop_size", 96), "local_crops": d.get("local_crops_number", 8),
         "path": path,
@@ -107,9 +118,16 @@ def shape_of(config: str | None) -> dict:
 
 
 def make_dino(s: dict, drop_path_rate: float, fused_attn: bool) -> Dino:
-    backbone = Backbone(s["img"], s["patch"], s["dim"], s["depth"], s["heads"], drop_path_rate,
-                        fused_attn)
-    head = DINOHead(s["dim"], s["out_dim"], s["hidden"], s["bottleneck"], norm_last_layer=True)
+    if s["resnet"]:
+        width, layers = s["resnet"]
+        backbone = ResNetBackbone(width, layers)
+        features = width * 8 * 4
+    else:
+        backbone = Backbone(s["img"], s["patch"], s["dim"], s["depth"], s["heads"],
+                            drop_path_rate, fused_attn)
+        features = s["dim"]
+    head = DINOHead(features, s["out_dim"], s["hidden"], s["bottleneck"], norm_last_layer=True,
+                    use_bn=s["use_bn_in_head"])
     return Dino(backbone, head)
 
 
@@ -122,7 +140,10 @@ def time_steps(s: dict, batch: int, local_crops: int, steps: int, fused_attn: bo
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
-    optimizer = torch.optim.AdamW(params_groups(student, WEIGHT_DECAY), lr=LR)
+    if s["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(params_groups(student, WEIGHT_DECAY), lr=LR, momentum=0.9)
+    else:
+        optimizer = torch.optim.AdamW(params_groups(student, WEIGHT_DECAY), lr=LR)
     center = torch.zeros(1, s["out_dim"], device=device)
     ncrops = N_GLOBAL + local_crops
     globals_ = torch.randn(N_GLOBAL * batch, 3, s["global_px"], s["global_px"], device=device)

@@ -5,10 +5,10 @@ A side-by-side reference for dino-stream's trainer: the same run (model, crops,
 augmentation, loss, schedules, optimiser, EMA teacher) done the way
 facebookresearch/dino main_dino.py does it (train_one_epoch, DataAugmentationDINO,
 DINOLoss, utils.cosine_scheduler / get_params_groups / clip_gradients /
-cancel_gradients_last_layer), on the CPU in float32 without AMP, on one process. The
-hyper-parameters come from our config file (same keys and defaults as src/config.rs,
-`--set section.key=value` overrides); the teacher backbone is saved in timm's layout so
-that our CLI imports and evaluates it:
+cancel_gradients_last_layer / LARS), on the CPU in float32 without AMP, on one process.
+The hyper-parameters come from our config file (same keys and defaults as src/config.rs,
+`--set section.key=value` overrides); the teacher backbone is saved in the layout our CLI
+imports and evaluates:
 
     python3 tools/dino_reference.py --config configs/fmnist.toml \\
         --images ~/.cache/dino-stream/samples/fmnist-train-20000 --out /tmp/ref-run \\
@@ -17,10 +17,23 @@ that our CLI imports and evaluates it:
         --config configs/fmnist.toml --out /tmp/ref-run/ckpt
     target/release/dino-stream knn --checkpoint /tmp/ref-run/ckpt ...
 
+Backbones: the ViTs (vit_tiny / vit_small / vit_base, or custom with embed_dim, depth and
+num_heads) and the ResNets (resnet50 / resnet101 / resnet152, or resnet with
+model.resnet_layers and model.resnet_width): torchvision's Bottleneck ResNet without fc
+(dino_torch.ResNetBackbone). drop_path_rate applies to ViTs only; model.use_bn_in_head puts
+BatchNorm1d in the head. As main_dino.py does for a network with batch norms, student and
+teacher both stay in train mode (batch statistics of each same-sized crop group; the
+teacher's running statistics follow its own forwards), the EMA is over parameters only, and
+the teacher starts as the student's full state dict (buffers included). On one process
+main_dino.py's SyncBatchNorm is plain batch norm. optim.optimizer: adamw (the ViT recipe),
+sgd (momentum 0.9) or lars (utils.LARS, eta 0.001), each with the per-iteration lr schedule
+on every parameter group and the weight-decay schedule on the first.
+
 --images is a class-folder dataset (torchvision ImageFolder; JPEG/PNG, made RGB). OUT gets
 metrics.jsonl (our trainer's fields), config.json (the effective config), and at each
-epoch end and at the end teacher_backbone.pth / student_backbone.pth (torch.save of timm's
-VisionTransformer state dict, num_classes=0: the layout of DINO's released backbones).
+epoch end and at the end teacher_backbone.pth / student_backbone.pth: torch.save of the
+backbone's state dict, the layout of DINO's released backbones (a ViT's as timm's
+VisionTransformer with num_classes=0; a ResNet's as torchvision's ResNet without fc.*).
 Network and loss pieces live in tools/dino_torch.py (shared with bench_train_step.py).
 Runs in the pinned venv ~/.cache/dino-stream/venv-fixtures (see pinned_venv.py).
 """
@@ -57,16 +70,21 @@ from PIL import ImageFilter, ImageOps  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
-from dino_torch import (Backbone, DINOHead, Dino, cancel_gradients_last_layer,  # noqa: E402
-                        clip_gradients, cosine_scheduler, dino_loss, ema_update, params_groups,
-                        teacher_targets, teacher_temp_schedule, update_center)
+from torchvision.models.resnet import Bottleneck  # noqa: E402
+
+from dino_torch import (LARS, Backbone, DINOHead, Dino, ResNetBackbone,  # noqa: E402
+                        cancel_gradients_last_layer, clip_gradients, cosine_scheduler, dino_loss,
+                        ema_update, params_groups, teacher_targets, teacher_temp_schedule,
+                        update_center)
 
 # src/config.rs's keys and defaults (the official recipe); keys our trainer has and this
 # tool has no use for (data.split, data.workers, ...) are accepted and ignored.
 DEFAULTS = {
     "model": {"arch": "vit_small", "patch_size": 16, "img_size": 224, "embed_dim": 384,
               "depth": 12, "num_heads": 6, "drop_path_rate": 0.1, "out_dim": 65536,
-              "head_hidden_dim": 2048, "head_bottleneck_dim": 256, "norm_last_layer": True},
+              "head_hidden_dim": 2048, "head_bottleneck_dim": 256, "norm_last_layer": True,
+              # ResNets: filled from a named arch by resolve_model
+              "resnet_layers": None, "resnet_width": None, "use_bn_in_head": False},
     "data": {"split": "train", "batch_size": 64, "global_crop_size": 224,
              "global_crops_scale": [0.4, 1.0], "local_crop_size": 96, "local_crops_number": 8,
              "local_crops_scale": [0.05, 0.4], "workers": 0, "shuffle_window": 4,
@@ -75,15 +93,57 @@ DEFAULTS = {
                 "saturation": 0.2, "hue": 0.1, "grayscale_p": 0.2, "blur_sigma": [0.1, 2.0],
                 "global_1_blur_p": 1.0, "global_2_blur_p": 0.1, "local_blur_p": 0.5,
                 "global_2_solarize_p": 0.2},
-    "optim": {"epochs": 100, "lr": 0.0005, "min_lr": 1e-6, "warmup_epochs": 10,
+    "optim": {"optimizer": "adamw", "epochs": 100, "lr": 0.0005, "min_lr": 1e-6,
+              "warmup_epochs": 10,
               "weight_decay": 0.04, "weight_decay_end": 0.4, "clip_grad": 3.0,
               "freeze_last_layer": 1, "momentum_teacher": 0.996},
     "loss": {"warmup_teacher_temp": 0.04, "teacher_temp": 0.04, "warmup_teacher_temp_epochs": 0,
              "student_temp": 0.1, "center_momentum": 0.9},
     "run": {"seed": 0, "log_every": 10, "checkpoint_every": 0, "keep_checkpoints": 3,
-            "max_steps": 0},
+            "max_steps": 0, "threads": 0, "precision": "fp32", "nodes": 1, "node_rank": 0,
+            "coordinator": "", "collective_timeout": 600},
 }
 ARCHS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+# torchvision's Bottleneck ResNets: blocks per stage, stem width
+RESNETS = {"resnet50": ([3, 4, 6, 3], 64), "resnet101": ([3, 4, 23, 3], 64),
+           "resnet152": ([3, 8, 36, 3], 64)}
+OPTIMIZERS = ("adamw", "sgd", "lars")
+
+
+def is_resnet(m: dict) -> bool:
+    return m["arch"] == "resnet" or m["arch"] in RESNETS
+
+
+def resolve_model(path: str, m: dict, given: set[str]) -> None:
+    """Config::resolve for the ResNet keys: a named ResNet fixes resnet_layers and
+    resnet_width (an explicit value must agree), arch "resnet" needs resnet_layers (width
+    64 unless given), and keys of the other family are refused."""
+    other = ("resnet_layers", "resnet_width") if not is_resnet(m) else (
+        "embed_dim", "depth", "num_heads")
+    for key in other:
+        if key in given:
+            sys.exit(f"{path}: model.{key} does not apply to arch `{m['arch']}`; drop the key")
+    if not is_resnet(m):
+        return
+    if m["arch"] in RESNETS:
+        layers, width = RESNETS[m["arch"]]
+        for key, fixed in (("resnet_layers", layers), ("resnet_width", width)):
+            if key in given and m[key] != fixed:
+                sys.exit(f"{path}: model.{key} = {m[key]} contradicts arch `{m['arch']}`, "
+                         f"whose value is {fixed}; drop the key, or set model.arch = \"resnet\"")
+        m["resnet_layers"], m["resnet_width"] = list(layers), width
+    else:
+        if m["resnet_layers"] is None:
+            sys.exit(f"{path}: model.resnet_layers is required with arch = \"resnet\" "
+                     "(blocks per stage, e.g. [3, 4, 6, 3])")
+        if m["resnet_width"] is None:
+            m["resnet_width"] = 64
+    layers, width = m["resnet_layers"], m["resnet_width"]
+    if (not isinstance(layers, list) or len(layers) != 4
+            or not all(isinstance(b, int) and b >= 1 for b in layers)):
+        sys.exit(f"{path}: model.resnet_layers must be 4 block counts >= 1, not {layers!r}")
+    if not isinstance(width, int) or width < 1:
+        sys.exit(f"{path}: model.resnet_width must be a positive integer, not {width!r}")
 
 
 def load_config(path: str, overrides: list[str]) -> dict:
@@ -109,6 +169,10 @@ def load_config(path: str, overrides: list[str]) -> dict:
             if k not in cfg[section]:
                 sys.exit(f"{path}: unknown key `{section}.{k}`")
             cfg[section][k] = v
+    resolve_model(path, cfg["model"], set(table.get("model", {})))
+    if cfg["optim"]["optimizer"] not in OPTIMIZERS:
+        sys.exit(f"{path}: optim.optimizer `{cfg['optim']['optimizer']}`: use "
+                 + ", ".join(OPTIMIZERS))
     return cfg
 
 
@@ -174,14 +238,31 @@ class DataAugmentationDINO:
         return crops
 
 
+def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
+    """optim.optimizer as main_dino.py builds it (AdamW for the ViT recipe, SGD or LARS for
+    convnets); the schedules set lr and weight decay every iteration."""
+    optimizers = {
+        "adamw": lambda: torch.optim.AdamW(groups),
+        "sgd": lambda: torch.optim.SGD(groups, lr=0, momentum=0.9),
+        "lars": lambda: LARS(groups),
+    }
+    return optimizers[name]()
+
+
 def build(cfg: dict, drop_path_rate: float) -> Dino:
     m = cfg["model"]
-    dim, depth, heads = ARCHS.get(m["arch"], (m["embed_dim"], m["depth"], m["num_heads"]))
-    backbone = Backbone(m["img_size"], m["patch_size"], dim, depth, heads, drop_path_rate)
-    # DINO's ViT draws cls_token from trunc_normal(std 0.02); timm's init uses normal(1e-6)
-    torch.nn.init.trunc_normal_(backbone.vit.cls_token, std=0.02)
+    if is_resnet(m):
+        # drop path does not apply to a ResNet (main_dino.py builds torchvision's plainly)
+        backbone = ResNetBackbone(m["resnet_width"], m["resnet_layers"])
+        dim = m["resnet_width"] * 8 * Bottleneck.expansion
+    else:
+        dim, depth, heads = ARCHS.get(m["arch"], (m["embed_dim"], m["depth"], m["num_heads"]))
+        backbone = Backbone(m["img_size"], m["patch_size"], dim, depth, heads, drop_path_rate)
+        # DINO's ViT draws cls_token from trunc_normal(std 0.02); timm's uses normal(1e-6)
+        torch.nn.init.trunc_normal_(backbone.vit.cls_token, std=0.02)
     return Dino(backbone, DINOHead(dim, m["out_dim"], m["head_hidden_dim"],
-                                   m["head_bottleneck_dim"], m["norm_last_layer"]))
+                                   m["head_bottleneck_dim"], m["norm_last_layer"],
+                                   use_bn=m["use_bn_in_head"]))
 
 
 def entropy(p: torch.Tensor) -> float:
@@ -193,7 +274,9 @@ def save_backbones(out: str, student: Dino, teacher: Dino) -> None:
     for name, net in (("teacher", teacher), ("student", student)):
         path = os.path.join(out, f"{name}_backbone.pth")
         # write then rename: a reader (or a kill mid-save) never sees half a file
-        torch.save(net.backbone.vit.state_dict(), path + ".tmp")
+        # a ViT as timm's VisionTransformer, a ResNet as torchvision's (no fc)
+        backbone = net.backbone if isinstance(net.backbone, ResNetBackbone) else net.backbone.vit
+        torch.save(backbone.state_dict(), path + ".tmp")
         os.replace(path + ".tmp", path)
 
 
@@ -232,15 +315,19 @@ def main() -> None:
 
     student = build(cfg, cfg["model"]["drop_path_rate"])
     teacher = build(cfg, 0.0)  # the teacher has no drop path and starts as the student
-    teacher.load_state_dict(student.state_dict())
+    teacher.load_state_dict(student.state_dict())  # buffers (batch-norm statistics) too
     teacher.requires_grad_(False)
+    # both stay in train mode, as in main_dino.py: batch norms normalize with the batch's
+    # statistics, the teacher's too (it is never put in eval mode)
+    student.train()
+    teacher.train()
     lr_s = cosine_scheduler(o["lr"] * batch / 256.0, o["min_lr"], epochs, niter,
                             warmup_epochs=o["warmup_epochs"])
     wd_s = cosine_scheduler(o["weight_decay"], o["weight_decay_end"], epochs, niter)
     mom_s = cosine_scheduler(o["momentum_teacher"], 1.0, epochs, niter)
     temp_s = teacher_temp_schedule(lc["warmup_teacher_temp"], lc["teacher_temp"],
                                    lc["warmup_teacher_temp_epochs"], epochs)
-    optimizer = torch.optim.AdamW(params_groups(student, wd_s[0]))
+    optimizer = make_optimizer(o["optimizer"], params_groups(student, wd_s[0]))
     center = torch.zeros(1, cfg["model"]["out_dim"])
     ncrops = 2 + d["local_crops_number"]
 
@@ -252,7 +339,10 @@ def main() -> None:
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump({**cfg, "reference": run}, f, indent=2)
     metrics = open(os.path.join(args.out, "metrics.jsonl"), "w")
-    print(f"reference: {len(dataset)} images, {niter} steps/epoch, {total} steps, "
+    arch = (f"{cfg['model']['arch']} {cfg['model']['resnet_layers']} width "
+            f"{cfg['model']['resnet_width']}" if is_resnet(cfg["model"]) else cfg["model"]["arch"])
+    print(f"reference: {arch}, {o['optimizer']}; "
+          f"{len(dataset)} images, {niter} steps/epoch, {total} steps, "
           f"{args.threads} threads, {args.workers} workers", file=sys.stderr)
 
     step, win = 0, {"loss": 0.0, "wait": 0.0, "time": 0.0, "n": 0}

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
+from torchvision.models.resnet import Bottleneck, ResNet
 
 
 def dino_pos_encoding(pos_embed: torch.Tensor, patch: int, w: int, h: int) -> torch.Tensor:
@@ -66,14 +67,46 @@ class Backbone(nn.Module):
         return v.norm(t)[:, 0]
 
 
+class ResNetBackbone(nn.Module):
+    """torchvision's ResNet of Bottleneck blocks with stem width `width` (64: resnet50 for
+    layers [3, 4, 6, 3]) and no fc: the attributes ResNet.__init__ sets and its own
+    _make_layer, so module names and blocks are torchvision's."""
+
+    def __init__(self, width: int, layers: list[int]):
+        super().__init__()
+        self._norm_layer = nn.BatchNorm2d
+        self.inplanes = width
+        self.dilation = 1
+        self.groups = 1
+        self.base_width = 64
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for i, blocks in enumerate(layers):
+            layer = ResNet._make_layer(self, Bottleneck, width << i, blocks, 1 if i == 0 else 2)
+            setattr(self, f"layer{i + 1}", layer)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+
 class DINOHead(nn.Module):
-    """facebookresearch/dino DINOHead: nlayers 3, no BN, weight-normalised last layer."""
+    """facebookresearch/dino DINOHead: nlayers 3, weight-normalised last layer, BatchNorm1d
+    after the hidden layers with use_bn."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048,
-                 bottleneck_dim: int = 256, norm_last_layer: bool = True):
+                 bottleneck_dim: int = 256, norm_last_layer: bool = True, use_bn: bool = False):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(),
-                                 nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+        bn = (lambda: [nn.BatchNorm1d(hidden_dim)]) if use_bn else (lambda: [])
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), *bn(), nn.GELU(),
+                                 nn.Linear(hidden_dim, hidden_dim), *bn(), nn.GELU(),
                                  nn.Linear(hidden_dim, bottleneck_dim))
         for m in self.mlp:
             if isinstance(m, nn.Linear):
@@ -152,6 +185,34 @@ def params_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             regularized.append(p)
     return [{"params": regularized, "weight_decay": weight_decay},
             {"params": not_regularized, "weight_decay": 0.0}]
+
+
+class LARS(torch.optim.Optimizer):
+    """The update rule of facebookresearch/dino utils.LARS: momentum SGD (no dampening, the
+    buffer `mu` starting at zeros) where every tensor that is not 1-D also gets its group's
+    weight decay and its step scaled by the trust ratio eta * |p| / |d|, 1 when either norm
+    is zero."""
+
+    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0,
+                 momentum: float = 0.9, eta: float = 0.001):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay,
+                                  "momentum": momentum, "eta": eta})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in (p for p in group["params"] if p.grad is not None):
+                d = p.grad
+                if p.ndim != 1:
+                    d = d.add(p, alpha=group["weight_decay"])
+                    p_norm, d_norm = torch.norm(p), torch.norm(d)
+                    usable = (p_norm > 0) & (d_norm > 0)
+                    ratio = torch.where(usable, group["eta"] * p_norm / d_norm,
+                                        torch.ones_like(p_norm))
+                    d = d.mul(ratio)
+                mu = self.state[p].setdefault("mu", torch.zeros_like(p))
+                mu.mul_(group["momentum"]).add_(d)
+                p.add_(mu, alpha=-group["lr"])
 
 
 def clip_gradients(model: nn.Module, clip: float) -> list[float]:

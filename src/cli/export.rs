@@ -6,15 +6,17 @@ use std::process::ExitCode;
 use crate::checkpoint::{self, HostTensors, Which};
 use crate::device::{self, DeviceChoice, InferenceBackend, InferenceJob};
 use crate::eval::{Weights, WeightsError};
-use crate::model::Backbone;
+use crate::model::{Backbone, is_counter};
 
 /// Write a checkpoint's backbone as safetensors with its reference implementation's key
-/// names and shapes (timm's for a ViT).
+/// names and shapes (timm's for a ViT, torchvision's for a ResNet).
 ///
 /// A ViT's file loads with strict key matching into
 /// `timm.create_model('vit_small_patch16_224', num_classes=0)` (or the matching arch; for
 /// a custom size, `timm.models.vision_transformer.VisionTransformer(...)` with the run's
-/// embed_dim/depth/num_heads/patch_size/img_size). The DINO head is not exported.
+/// embed_dim/depth/num_heads/patch_size/img_size). A ResNet's (parameters and batch-norm
+/// buffers) loads into `torchvision.models.resnet50()` with `fc` replaced by
+/// `torch.nn.Identity()`, `load_state_dict(strict=True)`. The DINO head is not exported.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -35,8 +37,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let kind = weights.config.model.kind();
     // on the CPU: the strict load checks the tensors against the config's backbone
     let (tensors, layout) = device::run_inference(DeviceChoice::Cpu, kind, Export(&weights))??;
-    // the error names the file
-    checkpoint::write_tensors(&args.out, &tensors)?;
+    // the error names the file; batch counters as PyTorch's int64
+    checkpoint::write_tensors_as(&args.out, &tensors, is_counter)?;
     println!(
         "exported {}: {} tensors in {layout}'s layout to {}",
         weights.describe(),

@@ -10,22 +10,26 @@ use anyhow::Context;
 use crate::checkpoint::{self, Checkpoint, FORMAT, HostTensors, PositionRecord, State};
 use crate::config::Config;
 use crate::device::{self, DeviceChoice, InferenceBackend, InferenceJob};
-use crate::interop::{self, Format};
-use crate::model::{Backbone, Dino, Init};
+use crate::interop::{self, Format, Imported};
+use crate::model::{Backbone, Dino, Init, RESNETS};
 use crate::params::{self, LoadError};
 
 /// Import official DINO weights (or timm's) into a checkpoint folder.
 ///
 /// Accepted files, recognized by content:
-///   * the released backbone-only state dict, e.g. dino_deitsmall16_pretrain.pth
-///     (the teacher's backbone; no head);
+///   * the released backbone-only state dict, e.g. dino_deitsmall16_pretrain.pth or
+///     dino_resnet50_pretrain.pth (the teacher's backbone; no head);
 ///   * main_dino.py's full training checkpoint (checkpoint.pth): its `teacher` and
-///     `student` networks, backbone and DINO head (the optimizer state is not imported);
-///   * timm safetensors of a ViT (e.g. vit_small_patch16_224.dino's model.safetensors).
+///     `student` networks, backbone and DINO head (the optimizer state is not imported).
+///     A head that is not a DINOHead (the released ResNet-50 full checkpoint's: two layers
+///     and a plain last layer) is skipped with a note, and the backbones imported;
+///   * backbone safetensors: timm's of a ViT (e.g. vit_small_patch16_224.dino's
+///     model.safetensors), or an `export`.
 ///
 /// Loading is strict: a missing, unexpected or misshapen tensor is an error that names it.
 /// The architecture comes from --arch/--patch (or a --config whose [model] section
-/// describes it); the head's sizes are read from the file.
+/// describes it); without either, a ResNet's shape is read from its tensors and anything
+/// else is taken for the recipe's vit_small. The head's sizes are read from the file.
 ///
 /// The folder (CKPT) holds state.json, teacher.safetensors and student.safetensors (the
 /// teacher again when the file has no student); use it as --checkpoint of knn, attention
@@ -40,7 +44,7 @@ pub struct Args {
     #[arg(long, value_name = "CKPT")]
     out: PathBuf,
     /// vit_tiny, vit_small or vit_base (or custom, with embed_dim/depth/num_heads from
-    /// --config or --set)
+    /// --config or --set); resnet50 (or resnet, with resnet_layers/resnet_width)
     #[arg(long, value_name = "ARCH")]
     arch: Option<String>,
     /// Patch size (16 or 8 for the official weights)
@@ -64,8 +68,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.out.display()
         );
     }
-    let imported = interop::read(&args.weights)?;
+    let mut imported = interop::read(&args.weights)?;
+    skip_foreign_head(&mut imported, &args.weights);
     let mut overrides = Vec::new();
+    let guessed = (args.arch.is_none() && args.config.is_none())
+        .then(|| resnet_overrides(&imported.teacher))
+        .flatten();
+    if let Some(resnet) = &guessed {
+        overrides.extend(resnet.iter().cloned());
+    }
     if let Some(arch) = &args.arch {
         overrides.push(format!("model.arch={arch}"));
     }
@@ -82,10 +93,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     overrides.extend(args.overrides.iter().cloned());
     let config = Config::load(args.config.as_deref(), &overrides)?;
     if args.arch.is_none() && args.config.is_none() {
-        eprintln!(
-            "note: no --arch or --config: assuming the recipe's {} with patch {}",
-            config.model.arch, config.model.patch_size
-        );
+        match guessed {
+            Some(_) => eprintln!(
+                "note: no --arch or --config: the tensors are a {}",
+                config.model.describe()
+            ),
+            None => eprintln!(
+                "note: no --arch or --config: assuming the recipe's {} with patch {}",
+                config.model.arch, config.model.patch_size
+            ),
+        }
     }
 
     let student = imported
@@ -116,7 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     write(&args.out, &state, &imported.teacher, &student)?;
     println!(
-        "imported {} ({}: teacher {} tensors{}) as {} / patch {} -> {}",
+        "imported {} ({}: teacher {} tensors{}) as {} -> {}",
         args.weights.display(),
         imported.format.describe(),
         imported.teacher.len(),
@@ -124,11 +141,63 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Format::FullCheckpoint => format!(", student {}", student.len()),
             _ => String::new(),
         },
-        config.model.arch,
-        config.model.patch_size,
+        config.model.describe(),
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A head without the DINOHead's weight-normalized last layer cannot load into this
+/// project's head: dropped (from both networks), with a note saying what and why.
+fn skip_foreign_head(imported: &mut Imported, path: &std::path::Path) {
+    let has_head = imported.teacher.keys().any(|k| k.starts_with("head."));
+    if !has_head || imported.teacher.contains_key("head.last_layer.weight_v") {
+        return;
+    }
+    let head: Vec<String> = (imported.teacher.iter())
+        .filter(|(k, _)| k.starts_with("head."))
+        .map(|(k, (shape, _))| format!("{k} {shape:?}"))
+        .collect();
+    eprintln!(
+        "note: {}: its head is not a DINO head (no weight-normalized `head.last_layer`; it \
+         has {}); importing the backbones only, without a head (k-NN, export and attention \
+         need none)",
+        path.display(),
+        head.join(", ")
+    );
+    imported.teacher.retain(|k, _| !k.starts_with("head."));
+    if let Some(student) = &mut imported.student {
+        student.retain(|k, _| !k.starts_with("head."));
+    }
+}
+
+/// A ResNet's shape read off its tensors (the stem's width, the blocks of each stage), as
+/// config overrides; `None` when the tensors are not a ResNet's.
+fn resnet_overrides(network: &HostTensors) -> Option<Vec<String>> {
+    let (stem, _) = network.get("backbone.conv1.weight")?;
+    if stem.len() != 4 || stem[1] != 3 {
+        return None;
+    }
+    let blocks = |stage: usize| {
+        (0..)
+            .take_while(|b| {
+                network.contains_key(&format!("backbone.layer{stage}.{b}.conv1.weight"))
+            })
+            .count()
+    };
+    let layers = [blocks(1), blocks(2), blocks(3), blocks(4)];
+    let named = RESNETS
+        .iter()
+        .find(|(_, l)| *l == layers && stem[0] == 64)
+        .map(|(name, _)| *name);
+    Some(match named {
+        Some(name) => vec![format!("model.arch={name}")],
+        None => vec![
+            "model.arch=resnet".into(),
+            format!("model.resnet_layers={layers:?}"),
+            format!("model.resnet_width={}", stem[0]),
+        ],
+    })
 }
 
 /// The DINO head's sizes, from the weight-normalized last layer ([K, bottleneck]) and the
@@ -142,6 +211,10 @@ fn head_overrides(network: &HostTensors) -> Vec<String> {
     if let Some((shape, _)) = network.get("head.mlp.0.weight") {
         out.push(format!("model.head_hidden_dim={}", shape[0]));
     }
+    out.push(format!(
+        "model.use_bn_in_head={}",
+        network.contains_key("head.norms.0.weight")
+    ));
     if let Some((_, g)) = network.get("head.last_layer.weight_g") {
         out.push(format!(
             "model.norm_last_layer={}",

@@ -1,4 +1,4 @@
-//! `dino-stream train`: DINO pre-training of a ViT on ingested shards.
+//! `dino-stream train`: DINO pre-training of a ViT or a ResNet on ingested shards.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +9,10 @@ use crate::config::Config;
 use crate::device::{self, DeviceChoice, TrainableBackbone, TrainingBackend, TrainingJob};
 use crate::train::{self, Event, Resume, RunOptions, Summary};
 
-/// Pre-train a ViT with DINO on shards written by `ingest`.
+/// Pre-train a ViT or a ResNet with DINO on shards written by `ingest`.
 ///
+/// The backbone is model.arch: vit_tiny, vit_small, vit_base or custom; resnet50 (see
+/// configs/resnet50_imagenet.toml for its recipe: optim.optimizer = "sgd") or resnet.
 /// The config (TOML; every key defaults to the official recipe, see configs/) is saved as
 /// RUN/config.toml. RUN/metrics.jsonl gets one line per run.log_every steps (loss, lr, weight
 /// decay, teacher momentum and temperature, images/s, data wait, teacher entropy, samples
@@ -21,7 +23,7 @@ use crate::train::{self, Event, Resume, RunOptions, Summary};
 /// where its newest checkpoint left it; --resume-from CKPT from that checkpoint.
 ///
 /// Overrides: --set SECTION.KEY=VALUE (repeatable), e.g. --set optim.epochs=5
-/// --set data.batch_size=32 --set model.arch=vit_tiny.
+/// --set data.batch_size=32 --set model.arch=vit_tiny --set optim.optimizer=lars.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::device::InferenceBackend;
 use crate::images;
-use crate::model::{Backbone, l2_normalize};
+use crate::model::{Backbone, Norm, l2_normalize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KnnError {
@@ -51,7 +51,8 @@ impl<M> Features<M> {
     {
         let x = images::to_device::<B>(&batch.pixels, [batch.len, size, size, 3], device);
         let features = match self {
-            Features::Backbone(backbone) => backbone.forward(x, None),
+            // evaluation: a batch norm uses its running statistics
+            Features::Backbone(backbone) => backbone.forward(x, None, &mut Norm::Running),
             Features::Pixels => x.reshape([batch.len, 3 * size * size]),
         };
         l2_normalize(features)

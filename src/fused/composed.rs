@@ -1,6 +1,7 @@
 //! The fused ops written with Burn's own tensor ops: what the CUDA backend runs (so it
 //! computes as the models did before the fused ops), and the reference the CPU kernels are
-//! tested against. Tensors are taken as [rows, d] over their last dimension.
+//! tested against. Tensors are taken as [rows, d] over their last dimension, and as
+//! [N, C, S] over their channels for the batch norm.
 
 use burn::tensor::activation::{
     gelu as burn_gelu, log_softmax as burn_log_softmax, softmax as burn_softmax,
@@ -9,7 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
 
-use super::LayerNormOut;
+use super::{BatchNormOut, LayerNormOut};
 
 /// `x` as [rows, last dim], and its shape to go back to.
 fn rows<B: Backend>(x: FloatTensor<B>) -> (Tensor<B, 2>, Shape) {
@@ -128,4 +129,77 @@ pub fn log_softmax_backward<B: Backend>(
     let (dy, _) = rows::<B>(dy);
     let total = dy.clone().sum_dim(1);
     back((dy - y.exp() * total) * scale, shape)
+}
+
+/// `x` as [N, C, S] over its channels (dimension 1), and its shape to go back to.
+fn channels<B: Backend>(x: FloatTensor<B>) -> (Tensor<B, 3>, Shape) {
+    let shape = x.shape();
+    let (n, c) = (shape[0], shape[1]);
+    let s = shape.num_elements() / (n * c).max(1);
+    let x = B::float_reshape(x, Shape::new([n, c, s]));
+    (Tensor::from_primitive(TensorPrimitive::Float(x)), shape)
+}
+
+/// [C] -> [1, C, 1]
+fn per_channel<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 3> {
+    vector::<B>(t).unsqueeze_dim::<2>(0).unsqueeze_dim(2)
+}
+
+/// [1, C, 1] -> [C]
+fn flat<B: Backend>(t: Tensor<B, 3>) -> FloatTensor<B> {
+    let c = t.dims()[1];
+    t.reshape([c]).into_primitive().tensor()
+}
+
+/// (x - mean) / sqrt(var + eps) * w + b with the batch's per-channel statistics (biased var)
+pub fn batch_norm<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    b: FloatTensor<B>,
+    eps: f64,
+) -> BatchNormOut<B> {
+    let (x, shape) = channels::<B>(x);
+    let [n, _, s] = x.dims();
+    let m = (n * s) as f64;
+    let mean = x.clone().sum_dim(0).sum_dim(2) / m;
+    let centered = x - mean.clone();
+    let var = centered.clone().square().sum_dim(0).sum_dim(2) / m;
+    let rstd = (var.clone() + eps).sqrt().recip();
+    let y = centered * rstd.clone() * per_channel::<B>(w) + per_channel::<B>(b);
+    BatchNormOut {
+        y: back(y, shape),
+        mean: flat(mean),
+        var: flat(var),
+        rstd: flat(rstd),
+    }
+}
+
+/// (dx, dw, db) for the output gradient `dy`.
+pub fn batch_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+    dy: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (x, shape) = channels::<B>(x);
+    let (dy, _) = channels::<B>(dy);
+    let [n, _, s] = x.dims();
+    let m = (n * s) as f64;
+    let rstd = per_channel::<B>(rstd);
+    let xhat = (x - per_channel::<B>(mean)) * rstd.clone();
+    let db = dy.clone().sum_dim(0).sum_dim(2);
+    let dw = (dy.clone() * xhat.clone()).sum_dim(0).sum_dim(2);
+    let dx = (dy - db.clone() / m - xhat * (dw.clone() / m)) * (rstd * per_channel::<B>(w));
+    (back(dx, shape), flat(dw), flat(db))
+}
+
+/// x * scale + shift per channel
+pub fn channel_affine<B: Backend>(
+    x: FloatTensor<B>,
+    scale: FloatTensor<B>,
+    shift: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let (x, shape) = channels::<B>(x);
+    back(x * per_channel::<B>(scale) + per_channel::<B>(shift), shape)
 }

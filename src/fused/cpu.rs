@@ -1,5 +1,5 @@
 //! The CPU kernels of the fused ops, on contiguous f32 rows: exact GELU, layer norm and
-//! softmax over the last dimension, each with its backward.
+//! softmax over the last dimension, each with its backward; batch norm over the channels.
 //!
 //! Vectorized: every kernel body is written once over plain slices and compiled twice, with
 //! AVX2 + FMA (multiply-adds fused, one rounding) and without (separate multiply and add),
@@ -469,6 +469,134 @@ pub fn log_softmax_backward(y: &[f32], dy: &[f32], d: usize, scale: f32) -> Vec<
         .zip(y.par_chunks(ROWS * d).zip(dy.par_chunks(ROWS * d)))
         .for_each(|(dx, (y, dy))| log_softmax_backward_rows(y, dy, d, scale, dx));
     dx
+}
+
+// batch norm over the channels (dimension 1) of [N, C, S]: per channel c, the statistics of
+// its N * S values; rows of C * S values (one sample) are the parallel tasks of the
+// elementwise passes, channels those of the reductions, each summed in sample order in f64.
+
+/// The training forward's outputs: y, and per channel the batch mean, the biased variance
+/// and 1 / sqrt(var + eps).
+pub struct BatchNormOut {
+    pub y: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    pub rstd: Vec<f32>,
+}
+
+/// Σ over the samples of `f(x value, channel)` for each channel of `x` [N, C, S].
+fn per_channel(x: &[f32], c: usize, s: usize, f: impl Fn(f32, usize) -> f64 + Sync) -> Vec<f64> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut total = 0.0;
+            for row in x.chunks_exact(c * s) {
+                for &v in &row[ch * s..(ch + 1) * s] {
+                    total += f(v, ch);
+                }
+            }
+            total
+        })
+        .collect()
+}
+
+/// Σ over the samples of `f(x, dy, channel)` for each channel.
+fn per_channel2(
+    x: &[f32],
+    dy: &[f32],
+    c: usize,
+    s: usize,
+    f: impl Fn(f32, f32, usize) -> f64 + Sync,
+) -> Vec<f64> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut total = 0.0;
+            for (x, dy) in x.chunks_exact(c * s).zip(dy.chunks_exact(c * s)) {
+                let at = ch * s..(ch + 1) * s;
+                for (&x, &g) in x[at.clone()].iter().zip(&dy[at]) {
+                    total += f(x, g, ch);
+                }
+            }
+            total
+        })
+        .collect()
+}
+
+/// `out[n, c, s] = f(x[n, c, s], c)`, one parallel task per sample.
+fn map_channels(x: &[f32], c: usize, s: usize, f: impl Fn(f32, usize) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    out.par_chunks_mut(c * s)
+        .zip(x.par_chunks(c * s))
+        .for_each(|(out, x)| {
+            for (ch, (out, x)) in out.chunks_exact_mut(s).zip(x.chunks_exact(s)).enumerate() {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = f(v, ch);
+                }
+            }
+        });
+    out
+}
+
+/// `x` [N, C, S] normalized with its batch statistics, times `w` plus `b` ([C]).
+pub fn batch_norm(x: &[f32], w: &[f32], b: &[f32], s: usize, eps: f32) -> BatchNormOut {
+    let c = w.len();
+    let m = (x.len() / c) as f64;
+    let mean: Vec<f32> = (per_channel(x, c, s, |v, _| v as f64).into_iter())
+        .map(|t| (t / m) as f32)
+        .collect();
+    let var: Vec<f32> = per_channel(x, c, s, |v, ch| ((v - mean[ch]) as f64).powi(2))
+        .into_iter()
+        .map(|t| (t / m) as f32)
+        .collect();
+    let rstd: Vec<f32> = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
+    let y = map_channels(x, c, s, |v, ch| (v - mean[ch]) * rstd[ch] * w[ch] + b[ch]);
+    BatchNormOut { y, mean, var, rstd }
+}
+
+/// (dx, dw, db) of [`batch_norm`] for the output gradient `dy`.
+pub fn batch_norm_backward(
+    x: &[f32],
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    s: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let c = w.len();
+    let m = (x.len() / c) as f32;
+    let xhat = |x: f32, ch: usize| (x - mean[ch]) * rstd[ch];
+    let db: Vec<f32> = (per_channel(dy, c, s, |g, _| g as f64).into_iter())
+        .map(|t| t as f32)
+        .collect();
+    let dw: Vec<f32> = per_channel2(x, dy, c, s, |x, g, ch| (g * xhat(x, ch)) as f64)
+        .into_iter()
+        .map(|t| t as f32)
+        .collect();
+    // dx = w rstd (dy - db / M - xhat dw / M)
+    let mut dx = vec![0.0; x.len()];
+    dx.par_chunks_mut(c * s)
+        .zip(x.par_chunks(c * s).zip(dy.par_chunks(c * s)))
+        .for_each(|(dx, (x, dy))| {
+            for (ch, ((dx, x), dy)) in dx
+                .chunks_exact_mut(s)
+                .zip(x.chunks_exact(s))
+                .zip(dy.chunks_exact(s))
+                .enumerate()
+            {
+                let k = w[ch] * rstd[ch];
+                let (a, d) = (db[ch] / m, dw[ch] / m);
+                for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+                    *o = k * (g - a - xhat(x, ch) * d);
+                }
+            }
+        });
+    (dx, dw, db)
+}
+
+/// `x` [N, C, S] times `scale` plus `shift` per channel (a batch norm on given statistics).
+pub fn channel_affine(x: &[f32], scale: &[f32], shift: &[f32], s: usize) -> Vec<f32> {
+    map_channels(x, scale.len(), s, |v, ch| v * scale[ch] + shift[ch])
 }
 
 #[cfg(test)]

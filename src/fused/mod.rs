@@ -1,7 +1,7 @@
 //! Fused ops: a backend extension (Burn's custom-op pattern) for the ops that, written with
 //! Burn's tensor ops, cost a pass over memory per elementary step, forward and backward:
-//! the exact GELU, layer norm with affine, and softmax and log-softmax over the last
-//! dimension.
+//! the exact GELU, layer norm with affine, softmax and log-softmax over the last
+//! dimension, and batch norm over the channels (with batch statistics, and on given ones).
 //!
 //! - [`FusedKernels`]: an inner backend's forward and backward kernels. The CPU (`Flex`)
 //!   runs this project's vectorized, thread-count-deterministic kernels (`cpu.rs`); CUDA runs
@@ -17,7 +17,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
@@ -34,8 +34,19 @@ pub struct LayerNormOut<B: Backend> {
     pub rstd: FloatTensor<B>,
 }
 
+/// A training batch norm's output and, per channel, the batch statistics.
+pub struct BatchNormOut<B: Backend> {
+    pub y: FloatTensor<B>,
+    /// [C]
+    pub mean: FloatTensor<B>,
+    /// [C], biased (the normalization's)
+    pub var: FloatTensor<B>,
+    /// [C], 1 / sqrt(var + eps)
+    pub rstd: FloatTensor<B>,
+}
+
 /// Forward and backward kernels of an inner (non-autodiff) backend. Row ops work over the
-/// last dimension.
+/// last dimension; channel ops over dimension 1 of [N, C, ...].
 pub trait FusedKernels: Backend {
     /// x Φ(x), Φ the standard normal CDF (PyTorch's `gelu`, not its tanh approximation)
     fn gelu_kernel(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -77,6 +88,27 @@ pub trait FusedKernels: Backend {
         dy: FloatTensor<Self>,
         scale: f64,
     ) -> FloatTensor<Self>;
+    /// (x - mean) / sqrt(var + eps) * w + b per channel, with the batch's statistics
+    fn batch_norm_kernel(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        eps: f64,
+    ) -> BatchNormOut<Self>;
+    /// (dx, dw, db)
+    fn batch_norm_backward_kernel(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// x * scale + shift per channel
+    fn channel_affine_kernel(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 /// The differentiable fused ops.
@@ -95,6 +127,18 @@ pub trait FusedOps: Backend {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    /// (y, mean, biased var): the statistics without a graph
+    fn fused_batch_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    fn fused_channel_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 }
 
@@ -119,6 +163,32 @@ pub fn layer_norm<B: FusedOps, const D: usize>(
     eps: f64,
 ) -> Tensor<B, D> {
     tensor(B::fused_layer_norm(float(x), float(w), float(b), eps))
+}
+
+/// Batch norm over the channels of `x` [N, C, ...] with its batch statistics, weight and
+/// bias [C]: (y, the batch mean [C], its biased variance [C]); the statistics carry no
+/// gradient.
+pub fn batch_norm<B: FusedOps, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 1>,
+    b: Tensor<B, 1>,
+    eps: f64,
+) -> (Tensor<B, D>, Tensor<B, 1>, Tensor<B, 1>) {
+    let (y, mean, var) = B::fused_batch_norm(float(x), float(w), float(b), eps);
+    (tensor(y), tensor(mean), tensor(var))
+}
+
+/// x * scale + shift per channel of `x` [N, C, ...] (a batch norm on given statistics).
+pub fn channel_affine<B: FusedOps, const D: usize>(
+    x: Tensor<B, D>,
+    scale: Tensor<B, 1>,
+    shift: Tensor<B, 1>,
+) -> Tensor<B, D> {
+    tensor(B::fused_channel_affine(
+        float(x),
+        float(scale),
+        float(shift),
+    ))
 }
 
 /// Softmax over the last dimension.
@@ -195,6 +265,22 @@ impl<B: FusedKernels> FusedOps for B {
     ) -> FloatTensor<Self> {
         B::attention_kernel(q, k, v)
     }
+    fn fused_batch_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let out = B::batch_norm_kernel(x, w, b, eps);
+        (out.y, out.mean, out.var)
+    }
+    fn fused_channel_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        B::channel_affine_kernel(x, scale, shift)
+    }
 }
 
 #[derive(Debug)]
@@ -227,6 +313,30 @@ impl<B: FusedKernels> Backward<B, 3> for LayerNormBackward {
         let dy = grads.consume::<B>(&ops.node);
         let (x, w, mean, rstd) = ops.state;
         let (dx, dw, db) = B::layer_norm_backward_kernel(x, w, mean, rstd, dy);
+        for (node, grad) in [(x_node, dx), (w_node, dw), (b_node, db)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BatchNormBackward;
+
+impl<B: FusedKernels> Backward<B, 3> for BatchNormBackward {
+    /// input, weight, mean, rstd
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+    );
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, w_node, b_node] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, w, mean, rstd) = ops.state;
+        let (dx, dw, db) = B::batch_norm_backward_kernel(x, w, mean, rstd, dy);
         for (node, grad) in [(x_node, dx), (w_node, dw), (b_node, db)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
@@ -339,6 +449,38 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     ) -> FloatTensor<Self> {
         decomposed_attention::<Self>(q, k, v)
     }
+
+    fn fused_batch_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let prep = BatchNormBackward
+            .prepare::<C>([x.node.clone(), w.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful();
+        let (x, w) = (x.primitive, w.primitive);
+        let out = B::batch_norm_kernel(x.clone(), w.clone(), b.primitive, eps);
+        let (mean, var) = (
+            Self::from_inner(out.mean.clone()),
+            Self::from_inner(out.var),
+        );
+        let y = match prep {
+            OpsKind::Tracked(prep) => prep.finish((x, w, out.mean, out.rstd), out.y),
+            OpsKind::UnTracked(prep) => prep.finish(out.y),
+        };
+        (y, mean, var)
+    }
+
+    /// the composed ops, whose gradients Burn knows (evaluation runs on inner backends)
+    fn fused_channel_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        composed::channel_affine::<Self>(x, scale, shift)
+    }
 }
 
 mod flex {
@@ -347,7 +489,7 @@ mod flex {
     use burn::tensor::ops::FloatTensor;
     use burn::tensor::{DType, TensorData, TensorMetadata};
 
-    use super::{FusedKernels, LayerNormOut, composed, cpu};
+    use super::{BatchNormOut, FusedKernels, LayerNormOut, composed, cpu};
 
     /// `x` contiguous, or `None` for another dtype than f32 or no values at all (which then
     /// run the composed ops: Flex computes those in any float dtype).
@@ -483,6 +625,71 @@ mod flex {
                 _ => composed::log_softmax_backward::<Flex>(y, dy, scale),
             }
         }
+
+        fn batch_norm_kernel(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            b: FloatTensor<Self>,
+            eps: f64,
+        ) -> BatchNormOut<Self> {
+            match (values(&x), values(&w), values(&b)) {
+                (Some(xc), Some(wc), Some(bc)) => {
+                    let s = spatial(&x);
+                    let out = cpu::batch_norm(slice(&xc), slice(&wc), slice(&bc), s, eps as f32);
+                    let vector = |v: Vec<f32>| like(v, &w);
+                    BatchNormOut {
+                        y: like(out.y, &x),
+                        mean: vector(out.mean),
+                        var: vector(out.var),
+                        rstd: vector(out.rstd),
+                    }
+                }
+                _ => composed::batch_norm::<Flex>(x, w, b, eps),
+            }
+        }
+
+        fn batch_norm_backward_kernel(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            mean: FloatTensor<Self>,
+            rstd: FloatTensor<Self>,
+            dy: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            match [&x, &w, &mean, &rstd, &dy].map(values) {
+                [Some(xc), Some(wc), Some(mc), Some(rc), Some(dyc)] => {
+                    let (dx, dw, db) = cpu::batch_norm_backward(
+                        slice(&xc),
+                        slice(&wc),
+                        slice(&mc),
+                        slice(&rc),
+                        slice(&dyc),
+                        spatial(&x),
+                    );
+                    (like(dx, &x), like(dw, &w), like(db, &w))
+                }
+                _ => composed::batch_norm_backward::<Flex>(x, w, mean, rstd, dy),
+            }
+        }
+
+        fn channel_affine_kernel(
+            x: FloatTensor<Self>,
+            scale: FloatTensor<Self>,
+            shift: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            match (values(&x), values(&scale), values(&shift)) {
+                (Some(xc), Some(a), Some(b)) => {
+                    let y = cpu::channel_affine(slice(&xc), slice(&a), slice(&b), spatial(&x));
+                    like(y, &x)
+                }
+                _ => composed::channel_affine::<Flex>(x, scale, shift),
+            }
+        }
+    }
+
+    /// The values per (sample, channel) of [N, C, ...].
+    fn spatial(x: &FlexTensor) -> usize {
+        let shape = x.shape();
+        shape.num_elements() / (shape[0] * shape[1]).max(1)
     }
 }
 
@@ -491,7 +698,7 @@ mod cuda {
     use burn::backend::Cuda;
     use burn::tensor::ops::FloatTensor;
 
-    use super::{FusedKernels, LayerNormOut, composed};
+    use super::{BatchNormOut, FusedKernels, LayerNormOut, composed};
 
     impl FusedKernels for Cuda {
         fn gelu_kernel(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -552,6 +759,30 @@ mod cuda {
             scale: f64,
         ) -> FloatTensor<Self> {
             composed::log_softmax_backward::<Cuda>(y, dy, scale)
+        }
+        fn batch_norm_kernel(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            b: FloatTensor<Self>,
+            eps: f64,
+        ) -> BatchNormOut<Self> {
+            composed::batch_norm::<Cuda>(x, w, b, eps)
+        }
+        fn batch_norm_backward_kernel(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            mean: FloatTensor<Self>,
+            rstd: FloatTensor<Self>,
+            dy: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            composed::batch_norm_backward::<Cuda>(x, w, mean, rstd, dy)
+        }
+        fn channel_affine_kernel(
+            x: FloatTensor<Self>,
+            scale: FloatTensor<Self>,
+            shift: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            composed::channel_affine::<Cuda>(x, scale, shift)
         }
     }
 }

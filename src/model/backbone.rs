@@ -6,6 +6,7 @@ use burn::module::{Module, ModuleDisplay};
 use burn::tensor::Tensor;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use super::batch_norm::Norm;
 use super::layers::Init;
 use crate::checkpoint::HostTensors;
 use crate::config::ModelConfig;
@@ -16,13 +17,19 @@ use crate::params;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackboneKind {
     Vit,
+    ResNet,
 }
 
 impl BackboneKind {
     /// The family of a (validated) arch name.
     pub fn of(arch: &str) -> Option<Self> {
-        (arch == "custom" || super::ARCHS.iter().any(|(name, ..)| *name == arch))
-            .then_some(Self::Vit)
+        if arch == "custom" || super::ARCHS.iter().any(|(name, ..)| *name == arch) {
+            Some(Self::Vit)
+        } else if arch == "resnet" || super::RESNETS.iter().any(|(name, ..)| *name == arch) {
+            Some(Self::ResNet)
+        } else {
+            None
+        }
     }
 }
 
@@ -93,12 +100,18 @@ pub trait Backbone<B: InferenceBackend>: Module<B> + ModuleDisplay {
         device: &B::Device,
     ) -> Option<Self::DropPlan>;
 
-    /// [n, 3, H, W] -> [n, feature_dim]
-    fn forward(&self, x: Tensor<B, 4>, drop: Option<&Self::DropPlan>) -> Tensor<B, 2>;
+    /// [n, 3, H, W] -> [n, feature_dim]; batch norms (if any) normalize as `norm` says.
+    fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        drop: Option<&Self::DropPlan>,
+        norm: &mut Norm<B>,
+    ) -> Tensor<B, 2>;
 
     /// The features of the last `n` stages, oldest first, each as [`Self::forward`] would
     /// return it had the network ended there (the official `get_intermediate_layers`, which
-    /// linear probes concatenate): [B, 3, H, W] -> n x [B, feature_dim].
+    /// linear probes concatenate): [B, 3, H, W] -> up to n x [B, feature_dim]. Evaluation:
+    /// running statistics.
     fn intermediate_features(&self, x: Tensor<B, 4>, n: usize) -> Vec<Tensor<B, 2>>;
 
     /// The tensors of an export file, named as [`Self::EXPORT_LAYOUT`] names them. Parameter

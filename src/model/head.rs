@@ -10,6 +10,7 @@ use crate::device::InferenceBackend;
 use crate::fused;
 
 use super::HeadConfig;
+use super::batch_norm::{BatchNorm, Norm};
 use super::layers::{Init, Linear, constant, param};
 use crate::precision::{in_dtype, in_f32};
 
@@ -36,8 +37,12 @@ impl<B: InferenceBackend> WeightNormLinear<B> {
 
 #[derive(Module, Debug)]
 pub struct DinoHead<B: Backend> {
-    /// Linear layers 0, 1, 2 (indices 0, 2, 4 of the official `nn.Sequential`, GELUs between)
+    /// Linear layers 0, 1, 2 (indices 0, 2, 4 of the official `nn.Sequential`, GELUs between;
+    /// 0, 3, 6 with batch norms)
     pub mlp: Vec<Linear<B>>,
+    /// with `use_bn`, the batch norm after each hidden layer (official indices 1 and 4);
+    /// empty otherwise
+    pub norms: Vec<BatchNorm<B>>,
     pub last_layer: WeightNormLinear<B>,
 }
 
@@ -48,6 +53,13 @@ impl<B: InferenceBackend> DinoHead<B> {
             .windows(2)
             .map(|w| Linear::trunc_normal(init, w[0], w[1], device))
             .collect();
+        let norms = if cfg.use_bn {
+            (0..2)
+                .map(|_| BatchNorm::new(cfg.hidden_dim, device))
+                .collect()
+        } else {
+            Vec::new()
+        };
         // the last layer keeps PyTorch's default Linear init; weight_norm then sets g = ||v||,
         // which the official head overwrites with 1
         let (k, bottleneck) = (cfg.out_dim, cfg.bottleneck_dim);
@@ -60,6 +72,7 @@ impl<B: InferenceBackend> DinoHead<B> {
         };
         Self {
             mlp,
+            norms,
             last_layer: WeightNormLinear {
                 weight_g,
                 weight_v: param(init.uniform(k * bottleneck, bound), [k, bottleneck], device),
@@ -68,12 +81,15 @@ impl<B: InferenceBackend> DinoHead<B> {
     }
 
     /// [M, D] -> [M, K]
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<B, 2>, norm: &mut Norm<B>) -> Tensor<B, 2> {
         let last = self.mlp.len() - 1;
         let mut x = x;
         for (i, layer) in self.mlp.iter().enumerate() {
             x = layer.forward(x);
             if i < last {
+                if let Some(bn) = self.norms.get(i) {
+                    x = bn.forward(x, norm);
+                }
                 x = fused::gelu(x);
             }
         }

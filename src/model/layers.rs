@@ -26,7 +26,7 @@ impl Init {
         }
     }
 
-    fn normal(&mut self) -> f64 {
+    fn standard_normal(&mut self) -> f64 {
         // Box-Muller; 1 - u keeps the logarithm's argument in (0, 1]
         let u1 = 1.0 - rng::unit(&mut self.rng);
         let u2 = rng::unit(&mut self.rng);
@@ -39,12 +39,19 @@ impl Init {
         (0..len)
             .map(|_| {
                 loop {
-                    let v = self.normal() * std;
+                    let v = self.standard_normal() * std;
                     if (-2.0..=2.0).contains(&v) {
                         break v as f32;
                     }
                 }
             })
+            .collect()
+    }
+
+    /// N(0, std²), untruncated (torchvision's kaiming_normal_ for convs).
+    pub fn normal(&mut self, len: usize, std: f64) -> Vec<f32> {
+        (0..len)
+            .map(|_| (self.standard_normal() * std) as f32)
             .collect()
     }
 

@@ -13,6 +13,7 @@ use dino_pipeline::rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::backbone::PassRows;
+use super::batch_norm::Norm;
 use super::layers::{Init, LayerNorm, Linear, Mlp, param};
 use super::pos_embed::resize_matrix;
 use super::{Backbone, VitConfig};
@@ -302,7 +303,12 @@ impl<B: InferenceBackend> Backbone<B> for VisionTransformer<B> {
     }
 
     /// The CLS feature after the final norm: [B, 3, H, W] -> [B, D].
-    fn forward(&self, x: Tensor<B, 4>, drop: Option<&Vec<BlockDrop<B>>>) -> Tensor<B, 2> {
+    fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        drop: Option<&Vec<BlockDrop<B>>>,
+        _norm: &mut Norm<B>,
+    ) -> Tensor<B, 2> {
         cls(self.forward_tokens(x, drop.map(Vec::as_slice)))
     }
 

@@ -11,7 +11,7 @@ use super::step::Models;
 use crate::checkpoint::{Checkpoint, State};
 use crate::config::{Config, ConfigError};
 use crate::device::{TrainableBackbone, TrainingBackend};
-use crate::optim::Moments;
+use crate::optim::{Moments, Rule};
 use crate::params::{self, LoadError};
 
 /// Why a checkpoint cannot continue this run; each names the file at fault.
@@ -210,7 +210,12 @@ pub fn restore<A: TrainingBackend, M: TrainableBackbone<A>>(
             }
             Ok(params::from_host(values, device))
         };
-        let (m, v) = (moment("m")?, moment("v")?);
+        let m = moment("m")?;
+        // SGD and LARS keep one buffer, AdamW two
+        let v = match optimizer.rule {
+            Rule::AdamW => Some(moment("v")?),
+            Rule::Sgd | Rule::Lars => None,
+        };
         optimizer.state.insert(name.clone(), Moments { m, v, step });
     }
     let (shape, center) = tensor("center")?;

@@ -40,7 +40,9 @@ pub fn snapshot<A: TrainingBackend, M: TrainableBackbone<A>>(
     for (name, state) in &optimizer.state {
         let size = state.m.dims()[0];
         moments.insert(format!("m.{name}"), (vec![size], host(&state.m)));
-        moments.insert(format!("v.{name}"), (vec![size], host(&state.v)));
+        if let Some(v) = &state.v {
+            moments.insert(format!("v.{name}"), (vec![size], host(v)));
+        }
         optimizer_steps.insert(name.clone(), state.step);
     }
     moments.insert(

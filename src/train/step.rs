@@ -1,6 +1,7 @@
 //! One DINO step, the body of the official `train_one_epoch`: teacher on the 2 globals,
-//! student on all crops, loss, backward, gradient transforms, update, EMA, centre. `train`
-//! and `benches/train_step.rs` both run it.
+//! student on all crops, loss, backward, gradient transforms, update, EMA, centre, and each
+//! network's batch-norm statistics (a ResNet's, or a head's with batch norm). `train` and
+//! `benches/train_step.rs` both run it.
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::Tensor;
@@ -11,8 +12,8 @@ use crate::config::Config;
 use crate::device::{TrainableBackbone, TrainingBackend};
 use crate::images::Images;
 use crate::loss::DinoLoss;
-use crate::model::{Dino, PassRows};
-use crate::optim::{AdamW, Gradients, Moments};
+use crate::model::{BatchStats, Dino, Norm, PassRows, is_buffer};
+use crate::optim::{Gradients, Moments, Optimizer};
 use crate::parallel::{Collective, ParallelError};
 use crate::params;
 use crate::precision::{Precision, in_dtype};
@@ -21,13 +22,14 @@ use crate::schedule::{Cosine, TeacherTemp};
 type Inner<A> = <A as burn::tensor::backend::AutodiffBackend>::InnerBackend;
 type Teacher<A, M> = <Dino<A, M> as AutodiffModule<A>>::InnerModule;
 
-/// Everything a step changes: student, teacher, the loss's centre, the optimizer's moments.
+/// Everything a step changes: student, teacher, the loss's centre, the optimizer's state.
 pub struct Models<A: TrainingBackend, M: TrainableBackbone<A>> {
     pub student: Dino<A, M>,
-    /// an EMA of the student, never trained by gradients
+    /// an EMA of the student's parameters, never trained by gradients; its batch-norm
+    /// statistics are its own
     pub teacher: Teacher<A, M>,
     pub loss: DinoLoss<Inner<A>>,
-    pub optimizer: AdamW<Inner<A>>,
+    pub optimizer: Optimizer<Inner<A>>,
 }
 
 impl<A: TrainingBackend, M: TrainableBackbone<A>> Models<A, M> {
@@ -45,7 +47,7 @@ impl<A: TrainingBackend, M: TrainableBackbone<A>> Models<A, M> {
             student,
             teacher,
             loss,
-            optimizer: AdamW::default(),
+            optimizer: Optimizer::new(cfg.optim.optimizer),
         }
     }
 }
@@ -61,12 +63,13 @@ impl<A: TrainingBackend, M: TrainableBackbone<A>> Models<A, M> {
                 center: self.loss.center.clone().to_device(device),
                 ..self.loss
             },
-            optimizer: AdamW {
+            optimizer: Optimizer {
+                rule: self.optimizer.rule,
                 state: (self.optimizer.state.iter())
                     .map(|(name, m)| {
                         let moments = Moments {
                             m: to(&m.m),
-                            v: to(&m.v),
+                            v: m.v.as_ref().map(to),
                             step: m.step,
                         };
                         (name.clone(), moments)
@@ -192,7 +195,13 @@ pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
     let globals = in_dtype(images.globals, dtype);
 
     // ============ teacher on the 2 globals, student on all crops ============
-    let teacher_out = teacher.forward(vec![(globals.clone(), None)]); // [2B, K]
+    // both normalize with batch statistics (the official code never puts the teacher in
+    // eval mode), each recording its own for its running ones
+    let mut teacher_stats = BatchStats::default();
+    let teacher_out = teacher.forward(
+        vec![(globals.clone(), None)],
+        &mut Norm::Batch(&mut teacher_stats),
+    ); // [2B, K]
     let targets = loss.teacher_targets(teacher_out.clone(), h.teacher_temp);
     // stochastic depth as drawn for the global batch, this device's rows of it
     let batch = images.n_globals / 2;
@@ -213,7 +222,8 @@ pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
         let locals = in_dtype(locals, dtype);
         groups.push((Tensor::from_inner(locals), pass(1, images.n_locals)));
     }
-    let student_out = student.forward(groups); // [(2 + N) * B, K]
+    let mut student_stats = BatchStats::default();
+    let student_out = student.forward(groups, &mut Norm::Batch(&mut student_stats)); // [(2 + N) * B, K]
     let loss_value = loss.forward(student_out, Tensor::from_inner(targets.clone()));
     on_phase(Phase::Forward);
 
@@ -239,9 +249,11 @@ pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
     let student = optimizer.update(student, grads, h.lr, h.weight_decay);
     on_phase(Phase::Optimizer);
 
-    // ============ EMA update of the teacher, then the centre ============
+    // ============ EMA update of the teacher, then the centre and the running statistics ============
     let teacher = ema(teacher, &student, h.momentum);
     loss.update_center(batch_center);
+    let student = student_stats.fold(student);
+    let teacher = teacher_stats.fold(teacher);
     on_phase(Phase::Ema);
 
     let models = Models {
@@ -269,7 +281,9 @@ fn drop_path_rng(seed: u64, step: u64, pass: u64) -> Xoshiro256PlusPlus {
     rng::rng(seed ^ 0xD809_A7B5_1C3E_F00D, step * 2 + pass)
 }
 
-/// theta_t <- m * theta_t + (1 - m) * theta_s, for every parameter by name.
+/// theta_t <- m * theta_t + (1 - m) * theta_s, for every parameter by name; buffers (the
+/// batch norms' running statistics) are left as they are, as the official EMA over
+/// `parameters()` leaves them.
 pub fn ema<A: TrainingBackend, M: TrainableBackbone<A>>(
     teacher: Teacher<A, M>,
     student: &Dino<A, M>,
@@ -277,6 +291,9 @@ pub fn ema<A: TrainingBackend, M: TrainableBackbone<A>>(
 ) -> Teacher<A, M> {
     let student = params::collect(&student.valid());
     params::replace(teacher, |name, t| {
+        if is_buffer(name) {
+            return t;
+        }
         let s = &student[name].value;
         t * momentum + s.clone() * (1.0 - momentum)
     })

@@ -197,11 +197,6 @@ impl ModelConfig {
         }
     }
 
-    /// Whether the networks have batch norms (a ResNet, or the head's `use_bn_in_head`).
-    pub fn has_batch_norm(&self) -> bool {
-        self.kind() == BackboneKind::ResNet || self.use_bn_in_head
-    }
-
     /// The ResNet's shape (the config has been resolved).
     pub fn resnet(&self) -> ResNetConfig {
         ResNetConfig {

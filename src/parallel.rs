@@ -79,6 +79,102 @@ pub trait Collective<B: Backend> {
     fn mean(&mut self, t: Tensor<B, 1>, what: &'static str) -> Result<Tensor<B, 1>, ParallelError>;
 }
 
+/// The collective a step's batch norms synchronize through (SyncBatchNorm), registered
+/// for the forward and backward passes of one step on this thread: a batch norm deep in a
+/// network cannot be handed the step's collective, and the backward pass runs inside Burn's
+/// autodiff, on the thread that called it. The means are taken in the same order on every
+/// rank, since every rank runs the same graph.
+pub mod batch_sync {
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    use burn::tensor::Tensor;
+    use burn::tensor::backend::Backend;
+
+    use super::{Collective, ParallelError};
+
+    struct Registered<B: Backend> {
+        /// valid while [`with`] runs: it clears the registration before it returns
+        sync: *mut (dyn Collective<B> + 'static),
+        /// the first failure, which [`with`] returns
+        error: Option<ParallelError>,
+    }
+
+    thread_local! {
+        static CURRENT: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    /// Clears the registration however `f` ends (a panic included).
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.borrow_mut().take());
+        }
+    }
+
+    /// Runs `f` with `sync` as this thread's batch-norm collective; a failed mean inside it
+    /// (a rank gone) is returned after `f`, whose result is then not to be used.
+    pub fn with<B: Backend, R>(
+        sync: &mut dyn Collective<B>,
+        f: impl FnOnce() -> R,
+    ) -> Result<R, ParallelError> {
+        // SAFETY: the pointer lives in the registration only while `f` runs (`Clear` removes
+        // it before this function returns, also on a panic), and `sync` is borrowed
+        // mutably for all that time, so nothing else reaches it.
+        let sync: *mut (dyn Collective<B> + 'static) = unsafe { std::mem::transmute(sync) };
+        CURRENT.with(|c| {
+            let registered: Box<dyn Any> = Box::new(Registered::<B> { sync, error: None });
+            *c.borrow_mut() = Some(registered);
+        });
+        let clear = Clear;
+        let out = f();
+        let error = CURRENT.with(|c| {
+            let mut current = c.borrow_mut();
+            let registered = current
+                .as_mut()
+                .and_then(|r| r.downcast_mut::<Registered<B>>());
+            registered.and_then(|r| r.error.take())
+        });
+        drop(clear);
+        error.map_or(Ok(out), Err)
+    }
+
+    /// The ranks the registered collective of backend `B` joins (1 without one).
+    pub fn world<B: Backend>() -> usize {
+        // SAFETY: see `with`
+        visit::<B, _>(|r| r.map_or(1, |r| unsafe { &*r.sync }.world()))
+    }
+
+    /// The mean of `t` over the ranks of the registered collective (`t` itself without
+    /// one). After a failure the local value is returned, and [`with`] reports the failure.
+    pub fn mean<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 1> {
+        visit::<B, _>(|r| match r {
+            None => t,
+            Some(r) if r.error.is_some() => t,
+            Some(r) => {
+                // SAFETY: see `with`; the registration is only reached from its thread
+                let sync = unsafe { &mut *r.sync };
+                match sync.mean(t.clone(), "the batch-norm statistics") {
+                    Ok(mean) => mean,
+                    Err(e) => {
+                        r.error = Some(e);
+                        t
+                    }
+                }
+            }
+        })
+    }
+
+    fn visit<B: Backend, T>(f: impl FnOnce(Option<&mut Registered<B>>) -> T) -> T {
+        CURRENT.with(|c| {
+            let mut current = c.borrow_mut();
+            f(current
+                .as_mut()
+                .and_then(|r| r.downcast_mut::<Registered<B>>()))
+        })
+    }
+}
+
 /// A run on one device: its values are already the mean over the whole batch.
 pub struct OneDevice;
 

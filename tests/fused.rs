@@ -344,14 +344,7 @@ fn a_training_step_is_bit_identical_for_one_and_two_threads() {
         }
         params::to_host(&params::collect(&models.student.valid()))
     };
-    let on = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(run)
-    };
-    let (one, two) = (on(1), on(2));
+    let (one, two) = (on_threads(1, run), on_threads(2, run));
     assert_eq!(one.len(), two.len());
     for (name, (_, a)) in &one {
         let b = &two[name].1;
@@ -477,6 +470,15 @@ fn batch_norm_matches_the_composed_op_and_its_gradients() {
     }
 }
 
+/// `run` on a rayon pool of `threads`.
+fn on_threads<T: Send>(threads: usize, run: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(run)
+}
+
 /// A ResNet's step (its batch norms reduce over samples and channels in parallel) gives the
 /// same bits on 1 and 2 threads.
 #[test]
@@ -513,14 +515,7 @@ fn a_resnet_training_step_is_bit_identical_for_one_and_two_threads() {
         );
         all
     };
-    let on = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(run)
-    };
-    let (one, two) = (on(1), on(2));
+    let (one, two) = (on_threads(1, run), on_threads(2, run));
     assert_eq!(one, two, "a tensor differs between 1 and 2 threads");
     assert!(one.contains_key("teacher.backbone.layer4.0.bn3.running_var"));
 }

@@ -23,6 +23,7 @@ use burn::tensor::{Tensor, TensorPrimitive};
 
 pub use cpu::vectorized;
 
+use crate::parallel::batch_sync;
 use crate::precision::in_f32;
 
 /// A layer norm's output and, per row, the statistics its backward needs.
@@ -140,6 +141,11 @@ pub trait FusedOps: Backend {
         scale: FloatTensor<Self>,
         shift: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+    /// The mean over the ranks of the step's batch-norm collective
+    /// ([`crate::parallel::batch_sync`]); its gradient is the mean over the ranks of theirs.
+    fn fused_rank_mean(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The ranks [`Self::fused_rank_mean`] averages over (1 outside a synchronized step).
+    fn rank_world() -> usize;
 }
 
 fn float<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
@@ -189,6 +195,18 @@ pub fn channel_affine<B: FusedOps, const D: usize>(
         float(scale),
         float(shift),
     ))
+}
+
+/// The mean over the ranks of a synchronized step of `x` [n] (SyncBatchNorm's statistics),
+/// differentiable: rank r's `x` affects every rank's loss, so its gradient is the mean of
+/// the ranks' gradients of the result.
+pub fn rank_mean<B: FusedOps>(x: Tensor<B, 1>) -> Tensor<B, 1> {
+    tensor(B::fused_rank_mean(float(x)))
+}
+
+/// The ranks [`rank_mean`] averages over: 1 outside a synchronized step of several ranks.
+pub fn rank_world<B: FusedOps>() -> usize {
+    B::rank_world()
 }
 
 /// Softmax over the last dimension.
@@ -281,6 +299,12 @@ impl<B: FusedKernels> FusedOps for B {
     ) -> FloatTensor<Self> {
         B::channel_affine_kernel(x, scale, shift)
     }
+    fn fused_rank_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        float(batch_sync::mean::<B>(tensor(x)))
+    }
+    fn rank_world() -> usize {
+        batch_sync::world::<B>()
+    }
 }
 
 #[derive(Debug)]
@@ -297,10 +321,15 @@ impl<B: FusedKernels> Backward<B, 1> for GeluBackward {
     }
 }
 
+/// The backward of a normalization with affine (x, weight, bias), over rows (layer norm) or
+/// channels (batch norm): the same parents and the same state.
 #[derive(Debug)]
-struct LayerNormBackward;
+enum NormBackward {
+    Layer,
+    Batch,
+}
 
-impl<B: FusedKernels> Backward<B, 3> for LayerNormBackward {
+impl<B: FusedKernels> Backward<B, 3> for NormBackward {
     /// input, weight, mean, rstd
     type State = (
         FloatTensor<B>,
@@ -312,7 +341,10 @@ impl<B: FusedKernels> Backward<B, 3> for LayerNormBackward {
         let [x_node, w_node, b_node] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
         let (x, w, mean, rstd) = ops.state;
-        let (dx, dw, db) = B::layer_norm_backward_kernel(x, w, mean, rstd, dy);
+        let (dx, dw, db) = match self {
+            NormBackward::Layer => B::layer_norm_backward_kernel(x, w, mean, rstd, dy),
+            NormBackward::Batch => B::batch_norm_backward_kernel(x, w, mean, rstd, dy),
+        };
         for (node, grad) in [(x_node, dx), (w_node, dw), (b_node, db)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
@@ -322,26 +354,14 @@ impl<B: FusedKernels> Backward<B, 3> for LayerNormBackward {
 }
 
 #[derive(Debug)]
-struct BatchNormBackward;
+struct RankMeanBackward;
 
-impl<B: FusedKernels> Backward<B, 3> for BatchNormBackward {
-    /// input, weight, mean, rstd
-    type State = (
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-    );
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [x_node, w_node, b_node] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        let (x, w, mean, rstd) = ops.state;
-        let (dx, dw, db) = B::batch_norm_backward_kernel(x, w, mean, rstd, dy);
-        for (node, grad) in [(x_node, dx), (w_node, dw), (b_node, db)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+impl<B: FusedKernels> Backward<B, 1> for RankMeanBackward {
+    type State = ();
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+            float(batch_sync::mean::<B>(tensor(dy)))
+        });
     }
 }
 
@@ -394,7 +414,7 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         b: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
-        match LayerNormBackward
+        match NormBackward::Layer
             .prepare::<C>([x.node.clone(), w.node.clone(), b.node.clone()])
             .compute_bound()
             .stateful()
@@ -456,7 +476,7 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         b: FloatTensor<Self>,
         eps: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let prep = BatchNormBackward
+        let prep = NormBackward::Batch
             .prepare::<C>([x.node.clone(), w.node.clone(), b.node.clone()])
             .compute_bound()
             .stateful();
@@ -480,6 +500,17 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         shift: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         composed::channel_affine::<Self>(x, scale, shift)
+    }
+
+    fn fused_rank_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let mean = float(batch_sync::mean::<B>(tensor(x.primitive)));
+        (RankMeanBackward.prepare::<C>([x.node.clone()]))
+            .compute_bound()
+            .stateless(mean)
+    }
+
+    fn rank_world() -> usize {
+        batch_sync::world::<B>()
     }
 }
 

@@ -9,7 +9,8 @@
 //! them (`running_mean`, `running_var`, `num_batches_tracked`), so checkpoints and exports
 //! carry them with no extra code. The EMA of the teacher skips them ([`is_buffer`]). A
 //! forward never mutates a module: it records the batch statistics in a [`BatchStats`],
-//! which the trainer folds into the network that produced them after the step.
+//! which the trainer folds into the network that produced them after the step. Within a
+//! step of several ranks, the statistics are the global batch's (SyncBatchNorm).
 
 use std::collections::HashMap;
 
@@ -179,11 +180,52 @@ impl<B: InferenceBackend> BatchNorm<B> {
             count > 1,
             "batch norm over {count} value per channel: the batch statistics need at least 2"
         );
-        let (y, mean, var) = fused::batch_norm(x, self.weight.val(), self.bias.val(), EPS);
+        let ranks = fused::rank_world::<B>();
+        let (y, mean, var) = if ranks > 1 {
+            self.normalize_synchronized(x)
+        } else {
+            fused::batch_norm(x, self.weight.val(), self.bias.val(), EPS)
+        };
+        let count = count * ranks;
         let unbiased = var * (count as f64 / (count - 1) as f64);
         stats.average(self.running_mean.id, mean);
         stats.average(self.running_var.id, unbiased);
         stats.count(self.num_batches_tracked.id);
         y
+    }
+
+    /// SyncBatchNorm: the statistics of the global batch, every rank holding an equal part
+    /// of it: the mean of the ranks' means, then the mean of their mean squared deviations
+    /// from it (two passes, as the local kernel). Composed ops, whose gradients autodiff
+    /// takes through the ranks' means. -> (y, mean [C], biased var [C])
+    fn normalize_synchronized<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+    ) -> (Tensor<B, D>, Tensor<B, 1>, Tensor<B, 1>) {
+        let dims = x.dims();
+        let channels = dims[1];
+        let count = dims.iter().product::<usize>() / channels;
+        // [N, C, ...] -> [C], the mean over this rank's values of each channel
+        let local_mean = |t: Tensor<B, D>| {
+            let mut t = t;
+            for d in (0..D).filter(|&d| d != 1) {
+                t = t.sum_dim(d);
+            }
+            t.reshape([channels]) / count as f64
+        };
+        let mean = fused::rank_mean(local_mean(x.clone()));
+        let centered = x - Self::per_channel::<D>(mean.clone());
+        let var = fused::rank_mean(local_mean(centered.clone().square()));
+        let rstd = var.clone().add_scalar(EPS).sqrt().recip();
+        let y = centered * Self::per_channel::<D>(rstd * self.weight.val())
+            + Self::per_channel::<D>(self.bias.val());
+        (y, mean.detach(), var.detach())
+    }
+
+    /// [C] -> [1, C, 1, ...]: broadcast against [N, C, ...]
+    fn per_channel<const D: usize>(t: Tensor<B, 1>) -> Tensor<B, D> {
+        let mut shape = [1; D];
+        shape[1] = t.dims()[0];
+        t.reshape(shape)
     }
 }

@@ -63,11 +63,6 @@ pub enum TrainError {
     Parallel(#[from] ParallelError),
     #[error("cannot coordinate the nodes on port {port} (run.coordinator): {err}")]
     Coordinator { port: u16, err: std::io::Error },
-    #[error(
-        "{what} normalizes with batch statistics, which {ranks} ranks would need synchronized \
-         (SyncBatchNorm), and that is not built yet; train it on one device"
-    )]
-    NoSyncBatchNorm { ranks: usize, what: String },
     #[error("rank {rank} panicked (its message is above); the run stops")]
     Panicked { rank: usize },
     #[error("optim.epochs ({epochs}) x {per_epoch} steps per epoch overflows")]
@@ -162,12 +157,6 @@ pub fn train<A: TrainingBackend, M: TrainableBackbone<A>>(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Summary, TrainError> {
     let world = World::new(&cfg.run, devices.len());
-    if world.size() > 1 && cfg.model.has_batch_norm() {
-        return Err(TrainError::NoSyncBatchNorm {
-            ranks: world.size(),
-            what: cfg.model.describe(),
-        });
-    }
     let writes = world.node_rank == 0;
     let ckpt_dir = opts.out.join("checkpoints");
     // node 0 owns the run folder; the other nodes read its checkpoints (a folder all see)

@@ -14,7 +14,7 @@ use crate::images::Images;
 use crate::loss::DinoLoss;
 use crate::model::{BatchStats, Dino, Norm, PassRows, is_buffer};
 use crate::optim::{Gradients, Moments, Optimizer};
-use crate::parallel::{Collective, ParallelError};
+use crate::parallel::{Collective, ParallelError, batch_sync};
 use crate::params;
 use crate::precision::{Precision, in_dtype};
 use crate::schedule::{Cosine, TeacherTemp};
@@ -196,12 +196,15 @@ pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
 
     // ============ teacher on the 2 globals, student on all crops ============
     // both normalize with batch statistics (the official code never puts the teacher in
-    // eval mode), each recording its own for its running ones
+    // eval mode), each recording its own for its running ones; with several ranks, the
+    // global batch's statistics (SyncBatchNorm: `batch_sync`, through the step's collective)
     let mut teacher_stats = BatchStats::default();
-    let teacher_out = teacher.forward(
-        vec![(globals.clone(), None)],
-        &mut Norm::Batch(&mut teacher_stats),
-    ); // [2B, K]
+    let teacher_out = batch_sync::with(sync, || {
+        teacher.forward(
+            vec![(globals.clone(), None)],
+            &mut Norm::Batch(&mut teacher_stats),
+        )
+    })?; // [2B, K]
     let targets = loss.teacher_targets(teacher_out.clone(), h.teacher_temp);
     // stochastic depth as drawn for the global batch, this device's rows of it
     let batch = images.n_globals / 2;
@@ -223,12 +226,16 @@ pub fn dino_step<A: TrainingBackend, M: TrainableBackbone<A>>(
         groups.push((Tensor::from_inner(locals), pass(1, images.n_locals)));
     }
     let mut student_stats = BatchStats::default();
-    let student_out = student.forward(groups, &mut Norm::Batch(&mut student_stats)); // [(2 + N) * B, K]
+    let student_out = batch_sync::with(sync, || {
+        student.forward(groups, &mut Norm::Batch(&mut student_stats))
+    })?; // [(2 + N) * B, K]
     let loss_value = loss.forward(student_out, Tensor::from_inner(targets.clone()));
     on_phase(Phase::Forward);
 
     // ============ backward ============
-    let grads = Gradients::collect(&student, &loss_value.backward());
+    let grads = batch_sync::with(sync, || {
+        Gradients::collect(&student, &loss_value.backward())
+    })?;
     on_phase(Phase::Backward);
 
     // ============ the mean over all devices: gradients, loss and the batch centre ============

@@ -296,6 +296,9 @@ fn a_small_resnet_trains_resumes_exactly_and_exports_torchvisions_layout() {
     let loss = losses(&whole);
     assert_eq!(loss, losses(&split), "per-step losses differ");
     assert!(loss.iter().all(|(_, l)| l.is_finite()));
+    // it learns: measured 5.46 at step 1, lowest 4.30 (4.3-4.4 with other float orders)
+    let lowest = loss.iter().map(|l| l.1).fold(f64::INFINITY, f64::min);
+    assert!(lowest < loss[0].1 - 0.5, "the loss does not fall: {loss:?}");
     // SGD keeps one buffer per tensor
     assert!(a.optimizer.keys().all(|k| !k.starts_with("v.")));
     // each network counted its own forwards: the student two passes per step, the teacher one

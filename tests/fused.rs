@@ -353,11 +353,25 @@ fn a_training_step_is_bit_identical_for_one_and_two_threads() {
     }
 }
 
-/// The models' attention (inner backend and autodiff) against Burn's own attention op (what
-/// the CUDA teacher runs as flash attention), on token counts of the crops (17, 65, 197),
-/// one token, an odd head width, and one long enough for the CPU's tiled (flash) kernel.
+/// The gradient of Σ out r with respect to `input`, for fixed random weights `r`.
+fn grad_of<const D: usize, const O: usize>(
+    input: &Tensor<Ad, D>,
+    out: Tensor<Ad, O>,
+    seed: u64,
+) -> Vec<f32> {
+    let dims = out.dims();
+    let r = random([dims[..O - 1].iter().product(), dims[O - 1]], seed, 1.0).reshape(dims);
+    let grads = (out * Tensor::from_inner(r)).sum().backward();
+    values(input.grad(&grads).expect("a gradient"))
+}
+
+/// The attention core from the qkv projection (inner backend and autodiff) against Burn's
+/// own attention op on the heads split out of it (what the CUDA teacher runs as flash
+/// attention), and its qkv gradient against autodiff through the composed op, on token
+/// counts of the crops (17, 65, 197), one token, an odd head width, and 600 tokens; the
+/// composed backward formula (CUDA's) against the same autodiff.
 #[test]
-fn attention_matches_burns_attention_op() {
+fn attention_matches_burns_attention_op_and_its_gradient() {
     for (i, [b, h, n, hd]) in [
         [2, 3, 65, 32],
         [3, 2, 17, 5],
@@ -368,23 +382,129 @@ fn attention_matches_burns_attention_op() {
     .into_iter()
     .enumerate()
     {
-        let qkv = [0, 1, 2]
-            .map(|j| random([b * h * n, hd], 40 + 3 * i as u64 + j, 2.0).reshape([b, h, n, hd]));
-        let [q, k, v] = qkv.clone();
-        let want = values(burn::tensor::module::attention(
-            q,
-            k,
-            v,
-            None,
-            None,
-            Default::default(),
-        ));
-        let [q, k, v] = qkv.clone();
+        let d = h * hd;
+        let qkv = random([b * n, 3 * d], 40 + i as u64, 2.0).reshape([b, n, 3 * d]);
+        let [q, k, v] = [0, 1, 2].map(|j| {
+            qkv.clone()
+                .reshape([b, n, 3, h, hd])
+                .narrow(2, j, 1)
+                .reshape([b, n, h, hd])
+                .swap_dims(1, 2)
+        });
+        let burns = burn::tensor::module::attention(q, k, v, None, None, Default::default());
+        let want = values(burns.swap_dims(1, 2).reshape([b, n, d]));
         let case = format!("attention {:?}", [b, h, n, hd]);
-        close(&case, values(fused::attention(q, k, v)), want.clone(), 1e-5);
-        let [q, k, v] = qkv.map(|t| ad(&t));
-        let got = values(fused::attention(q, k, v).inner());
-        close(&format!("{case} autodiff"), got, want, 1e-5);
+        close(
+            &case,
+            values(fused::attention(qkv.clone(), h)),
+            want.clone(),
+            1e-5,
+        );
+
+        let x = ad(&qkv);
+        let fused_out = fused::attention(x.clone(), h);
+        close(
+            &format!("{case} autodiff"),
+            values(fused_out.clone().inner()),
+            want,
+            1e-5,
+        );
+        let got = grad_of(&x, fused_out, 7 + i as u64);
+        let x2 = ad(&qkv);
+        let composed = tensor::<Ad, 3>(reference::attention::<Ad>(prim(x2.clone()), h, false).0);
+        let want = grad_of(&x2, composed, 7 + i as u64);
+        close(&format!("{case} d qkv"), got, want.clone(), 1e-5);
+
+        // CUDA's backward: the composed formula from the kept probabilities
+        let (_, probs) = reference::attention::<Flex>(prim(qkv.clone()), h, true);
+        let r = random([b * n, d], 7 + i as u64, 1.0).reshape([b, n, d]);
+        let formula =
+            reference::attention_backward::<Flex>(prim(qkv), probs.expect("kept"), prim(r), h);
+        close(
+            &format!("{case} composed backward"),
+            values(tensor::<Flex, 3>(formula)),
+            want,
+            1e-5,
+        );
+    }
+}
+
+/// The linear layer against Burn's (x Wᵀ + b), and its gradients (x, W, b) against autodiff
+/// through Burn's, with and without bias, on [rows, d_in] -> d_out shapes: one value, the
+/// quickstart's qkv and fc2, odd widths, more rows than a bias-gradient block, and a
+/// non-contiguous x; the composed backward formula (CUDA's) against the same autodiff.
+#[test]
+fn linear_matches_burns_and_its_gradients() {
+    for (i, [rows, d_in, d_out]) in [
+        [1, 1, 1],
+        [130, 96, 288],
+        [70, 384, 96],
+        [5, 33, 7],
+        [600, 17, 9],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 60 + 4 * i as u64;
+        let w = random([d_out, d_in], seed, 0.5);
+        let b = random([1, d_out], seed + 1, 0.5).reshape([d_out]);
+        for (case, x) in inputs([rows, d_in], seed + 2, 2.0) {
+            for bias in [Some(b.clone()), None] {
+                let case = format!("linear {case} -> {d_out}, bias {}", bias.is_some());
+                let want = values(burn::tensor::module::linear(
+                    x.clone(),
+                    w.clone().transpose(),
+                    bias.clone(),
+                ));
+                let got = values(fused::linear(x.clone(), w.clone(), bias.clone()));
+                close(&case, got, want, 1e-5);
+
+                let r = random([rows, d_out], seed + 3, 1.0);
+                let grads = |x: &Tensor<Ad, 2>,
+                             w: &Tensor<Ad, 2>,
+                             b: &Option<Tensor<Ad, 1>>,
+                             out: Tensor<Ad, 2>| {
+                    let g = (out * Tensor::from_inner(r.clone())).sum().backward();
+                    let mut found = vec![values(x.grad(&g).unwrap()), values(w.grad(&g).unwrap())];
+                    found.extend(b.as_ref().map(|b| values(b.grad(&g).unwrap())));
+                    found
+                };
+                let (xa, wa, ba) = (ad(&x), ad(&w), bias.as_ref().map(ad));
+                let got = grads(
+                    &xa,
+                    &wa,
+                    &ba,
+                    fused::linear(xa.clone(), wa.clone(), ba.clone()),
+                );
+                let (xr, wr, br) = (ad(&x), ad(&w), bias.as_ref().map(ad));
+                let burns =
+                    burn::tensor::module::linear(xr.clone(), wr.clone().transpose(), br.clone());
+                let want = grads(&xr, &wr, &br, burns);
+                let formula = reference::linear_backward::<Flex>(
+                    prim(x.clone()),
+                    prim(w.clone()),
+                    prim(r.clone()),
+                    [true, true, bias.is_some()],
+                );
+                let [dx, dw, db] = formula;
+                let mut formula = vec![
+                    values(tensor::<Flex, 2>(dx.unwrap())),
+                    values(tensor::<Flex, 2>(dw.unwrap())),
+                ];
+                formula.extend(db.map(|db| values(tensor::<Flex, 1>(db))));
+                assert_eq!((got.len(), formula.len()), (want.len(), want.len()));
+                for (k, name) in ["dx", "dW", "db"].iter().enumerate().take(want.len()) {
+                    close(
+                        &format!("{case} {name}"),
+                        got[k].clone(),
+                        want[k].clone(),
+                        1e-5,
+                    );
+                    let composed = format!("{case} composed {name}");
+                    close(&composed, formula[k].clone(), want[k].clone(), 1e-5);
+                }
+            }
+        }
     }
 }
 

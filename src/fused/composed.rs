@@ -7,10 +7,12 @@ use burn::tensor::activation::{
     gelu as burn_gelu, log_softmax as burn_log_softmax, softmax as burn_softmax,
 };
 use burn::tensor::backend::Backend;
+use burn::tensor::module::linear as burn_linear;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 
 use super::{BatchNormOut, LayerNormOut};
+use crate::precision::in_dtype;
 
 /// `x` as [rows, last dim], and its shape to go back to.
 fn rows<B: Backend>(x: FloatTensor<B>) -> (Tensor<B, 2>, Shape) {
@@ -202,4 +204,122 @@ pub fn channel_affine<B: Backend>(
 ) -> FloatTensor<B> {
     let (x, shape) = channels::<B>(x);
     back(x * per_channel::<B>(scale) + per_channel::<B>(shift), shape)
+}
+
+fn tensor<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+/// x Wᵀ + b, x [rows, d_in], W [d_out, d_in]
+pub fn linear<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    b: Option<FloatTensor<B>>,
+) -> FloatTensor<B> {
+    let y = burn_linear(
+        tensor::<B, 2>(x),
+        tensor::<B, 2>(w).transpose(),
+        b.map(vector),
+    );
+    y.into_primitive().tensor()
+}
+
+/// (dx = dy W, dW = dyᵀ x, db = Σ_rows dy), each where `want` asks.
+pub fn linear_backward<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    dy: FloatTensor<B>,
+    want: [bool; 3],
+) -> [Option<FloatTensor<B>>; 3] {
+    let (x, w, dy) = (tensor::<B, 2>(x), tensor::<B, 2>(w), tensor::<B, 2>(dy));
+    let d_out = w.dims()[0];
+    let float = |g: Tensor<B, 2>| g.into_primitive().tensor();
+    [
+        want[0].then(|| float(dy.clone().matmul(w))),
+        want[1].then(|| float(dy.clone().transpose().matmul(x))),
+        want[2].then(|| B::float_reshape(float(dy.sum_dim(0)), Shape::new([d_out]))),
+    ]
+}
+
+/// q, k, v, each [B, heads, N, head_dim], from the qkv projection [B, N, 3D].
+fn split_heads<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> [Tensor<B, 4>; 3] {
+    let qkv = tensor::<B, 3>(qkv);
+    let [b, n, d3] = qkv.dims();
+    let hd = d3 / 3 / heads;
+    let qkv = qkv.reshape([b, n, 3, heads, hd]);
+    [0, 1, 2].map(|i| {
+        qkv.clone()
+            .narrow(2, i, 1)
+            .reshape([b, n, heads, hd])
+            .swap_dims(1, 2)
+    })
+}
+
+/// [B, heads, N, head_dim] -> [B, N, heads x head_dim]
+fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> FloatTensor<B> {
+    let [b, h, n, hd] = x.dims();
+    x.swap_dims(1, 2)
+        .reshape([b, n, h * hd])
+        .into_primitive()
+        .tensor()
+}
+
+fn attention_scale(head_dim: usize) -> f64 {
+    (head_dim as f64).powf(-0.5)
+}
+
+/// The attention core as batched matmuls around the softmax (computed in f32), from the qkv
+/// projection [B, N, 3D]: (the output [B, N, D], with `keep` the probabilities).
+pub fn attention<B: Backend>(
+    qkv: FloatTensor<B>,
+    heads: usize,
+    keep: bool,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
+    let [q, k, v] = split_heads::<B>(qkv, heads);
+    let (dtype, scale) = (q.dtype(), attention_scale(q.dims()[3]));
+    let scores = q.matmul(k.swap_dims(2, 3)); // [B, H, N, N], in q's dtype
+    let probs = in_dtype(scores, DType::F32);
+    let probs = in_dtype(
+        tensor::<B, 4>(softmax::<B>(probs.into_primitive().tensor(), scale)),
+        dtype,
+    );
+    let out = merge_heads(probs.clone().matmul(v));
+    (out, keep.then(|| probs.into_primitive().tensor()))
+}
+
+/// Burn's fused attention kernel (no probabilities kept; its scale None is 1 / sqrt(head_dim))
+#[cfg(feature = "cuda")]
+pub fn flash_attention<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
+    use burn::tensor::ops::{AttentionModuleOptions, ModuleOps};
+    let [q, k, v] = split_heads::<B>(qkv, heads).map(|t| t.into_primitive().tensor());
+    let out = B::attention(q, k, v, None, None, AttentionModuleOptions::default());
+    merge_heads(tensor::<B, 4>(out))
+}
+
+/// The gradient of [`attention`] with respect to qkv, from its probabilities.
+pub fn attention_backward<B: Backend>(
+    qkv: FloatTensor<B>,
+    probs: FloatTensor<B>,
+    dout: FloatTensor<B>,
+    heads: usize,
+) -> FloatTensor<B> {
+    let [q, k, v] = split_heads::<B>(qkv, heads);
+    let [b, h, n, hd] = q.dims();
+    let (dtype, scale) = (q.dtype(), attention_scale(hd));
+    let probs = tensor::<B, 4>(probs);
+    let d_out = tensor::<B, 3>(dout).reshape([b, n, h, hd]).swap_dims(1, 2);
+    let dp = d_out.clone().matmul(v.swap_dims(2, 3));
+    let f32 = |t: Tensor<B, 4>| in_dtype(t, DType::F32).into_primitive().tensor();
+    let ds = softmax_backward::<B>(f32(probs.clone()), f32(dp), scale);
+    let ds = in_dtype(tensor::<B, 4>(ds), dtype);
+    let grads = [
+        ds.clone().matmul(k),
+        ds.swap_dims(2, 3).matmul(q),
+        probs.swap_dims(2, 3).matmul(d_out),
+    ]
+    .map(|g| g.swap_dims(1, 2).unsqueeze_dim::<5>(2)); // [B, N, 1, H, hd]
+    Tensor::cat(grads.to_vec(), 2)
+        .reshape([b, n, 3 * h * hd])
+        .into_primitive()
+        .tensor()
 }

@@ -650,3 +650,253 @@ mod tests {
         sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// matrix products on strided views (the gemm crate, which Flex's matmul runs on): linear
+// layers, and the attention core straight from the qkv projection's rows
+
+/// Multiply-adds from which one product is spread over all threads (Flex's threshold);
+/// below it runs on the calling thread. The gemm crate splits the output, never the inner
+/// dimension, so each value is summed in the same order on any number of threads.
+const GEMM_PARALLEL: usize = 192 * 192 * 192;
+
+/// A read-only matrix view: element (i, j) at `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    fn rows(data: &'a [f32], offset: usize, rs: usize) -> Self {
+        Self::new(&data[offset..], rs, 1)
+    }
+    fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
+        Self { data, rs, cs }
+    }
+    /// The transpose, without a copy.
+    fn t(self) -> Self {
+        Self::new(self.data, self.cs, self.rs)
+    }
+    /// Whether an `m x n` matrix fits in `data`.
+    fn holds(&self, m: usize, n: usize, len: usize) -> bool {
+        m == 0 || n == 0 || (m - 1) * self.rs + (n - 1) * self.cs < len
+    }
+}
+
+/// dst = a · b (or dst += a · b with `accumulate`), a [m, k], b [k, n], dst [m, n] with
+/// row stride `dst_rs` from the start of `dst`.
+fn gemm(
+    [m, n, k]: [usize; 3],
+    a: View,
+    b: View,
+    (dst, dst_rs): (&mut [f32], usize),
+    accumulate: bool,
+) {
+    assert!(
+        a.holds(m, k, a.data.len())
+            && b.holds(k, n, b.data.len())
+            && View::new(dst, dst_rs, 1).holds(m, n, dst.len()),
+        "gemm: a {m}x{k} · {k}x{n} product outside its buffers"
+    );
+    let parallelism = if m * n * k >= GEMM_PARALLEL && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every index the product reads or writes lies within its slice (asserted just
+    // above), `dst` is borrowed mutably and so overlaps neither input
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Rows per partial sum of a bias gradient.
+const BIAS_ROWS: usize = 256;
+
+#[inline(always)]
+fn column_sums_body<M: Madd>(x: &[f32], d: usize, sums: &mut [f32]) {
+    for row in x.chunks_exact(d) {
+        for (s, &v) in sums.iter_mut().zip(row) {
+            *s += v;
+        }
+    }
+}
+dispatch!(column_sums, column_sums_body, (x: &[f32], d: usize, sums: &mut [f32]));
+
+/// Σ over the rows of `x` [rows, d]: blocks of rows summed in row order, then the blocks'
+/// sums in block order (the same bits on any number of threads).
+fn sum_rows(x: &[f32], d: usize) -> Vec<f32> {
+    let blocks = x.len().div_ceil(BIAS_ROWS * d).max(1);
+    let mut partial = vec![0.0; blocks * d];
+    partial
+        .par_chunks_mut(d)
+        .zip(x.par_chunks(BIAS_ROWS * d))
+        .for_each(|(sums, x)| column_sums(x, d, sums));
+    let mut total = vec![0.0; d];
+    for part in partial.chunks_exact(d) {
+        for (t, &p) in total.iter_mut().zip(part) {
+            *t += p;
+        }
+    }
+    total
+}
+
+/// x Wᵀ + b: x [rows, d_in], W [d_out, d_in] (PyTorch's layout), b [d_out]; the bias is
+/// the product's starting value, so no second pass adds it.
+pub fn linear(x: &[f32], w: &[f32], b: Option<&[f32]>, d_in: usize) -> Vec<f32> {
+    let d_out = w.len() / d_in;
+    let rows = x.len() / d_in;
+    let mut y = match b {
+        Some(b) => b.repeat(rows),
+        None => vec![0.0; rows * d_out],
+    };
+    let (x, w) = (View::new(x, d_in, 1), View::new(w, d_in, 1));
+    gemm([rows, d_out, d_in], x, w.t(), (&mut y, d_out), b.is_some());
+    y
+}
+
+/// The gradients of [`linear`] for the output gradient `dy` [rows, d_out] that `want`s asks
+/// for: (dx = dy W, dW = dyᵀ x, db = Σ_rows dy).
+pub fn linear_backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    d_in: usize,
+    want: [bool; 3],
+) -> [Option<Vec<f32>>; 3] {
+    let d_out = w.len() / d_in;
+    let rows = x.len() / d_in;
+    let (xv, wv, dyv) = (
+        View::new(x, d_in, 1),
+        View::new(w, d_in, 1),
+        View::new(dy, d_out, 1),
+    );
+    let dx = want[0].then(|| {
+        let mut dx = vec![0.0; rows * d_in];
+        gemm([rows, d_in, d_out], dyv, wv, (&mut dx, d_in), false);
+        dx
+    });
+    let dw = want[1].then(|| {
+        let mut dw = vec![0.0; d_out * d_in];
+        gemm([d_out, d_in, rows], dyv.t(), xv, (&mut dw, d_in), false);
+        dw
+    });
+    let db = want[2].then(|| sum_rows(dy, d_out));
+    [dx, dw, db]
+}
+
+/// The shape of an attention core: per sample `n` tokens of `d` = `heads` x head_dim
+/// features, its input the qkv projection's rows [n, 3d] (q, k, v side by side).
+#[derive(Clone, Copy)]
+pub struct Heads {
+    pub n: usize,
+    pub d: usize,
+    pub heads: usize,
+}
+
+impl Heads {
+    fn hd(self) -> usize {
+        self.d / self.heads
+    }
+    /// q, k and v of head `h` in one sample's qkv rows.
+    fn qkv(self, qkv: &[f32], h: usize) -> [View<'_>; 3] {
+        [0, 1, 2].map(|i| View::rows(qkv, i * self.d + h * self.hd(), 3 * self.d))
+    }
+}
+
+/// One sample: `out` [n, d] (the heads side by side), `probs` [heads, n, n] =
+/// softmax(scale q kᵀ) per head.
+fn attention_sample(s: Heads, qkv: &[f32], scale: f32, out: &mut [f32], probs: &mut [f32]) {
+    let (n, hd) = (s.n, s.hd());
+    for (h, p) in probs.chunks_exact_mut(n * n).enumerate() {
+        let [q, k, v] = s.qkv(qkv, h);
+        gemm([n, n, hd], q, k.t(), (p, n), false);
+        softmax_rows(p, n, scale);
+        gemm(
+            [n, hd, n],
+            View::new(p, n, 1),
+            v,
+            (&mut out[h * hd..], s.d),
+            false,
+        );
+    }
+}
+
+/// softmax(scale q kᵀ) v per sample and head, from the qkv projection [B, n, 3d]: the
+/// output [B, n, d] with the heads side by side (the layout the output projection reads),
+/// and the probabilities [B, heads, n, n] the backward needs. Parallel over samples.
+pub fn attention(s: Heads, qkv: &[f32], scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let batch = qkv.len() / (3 * s.n * s.d);
+    let mut out = vec![0.0; batch * s.n * s.d];
+    let mut probs = vec![0.0; batch * s.heads * s.n * s.n];
+    out.par_chunks_mut(s.n * s.d)
+        .zip(probs.par_chunks_mut(s.heads * s.n * s.n))
+        .zip(qkv.par_chunks(3 * s.n * s.d))
+        .for_each(|((out, probs), qkv)| attention_sample(s, qkv, scale, out, probs));
+    (out, probs)
+}
+
+/// The gradient of [`attention`] with respect to its qkv input, [B, n, 3d], from the
+/// probabilities it kept and the output gradient `dout` [B, n, d]: per head
+/// dP = dO vᵀ, dS = scale P (dP - Σ P dP) (the softmax's backward), dq = dS k,
+/// dk = dSᵀ q, dv = Pᵀ dO, each written into its columns of the sample's rows.
+pub fn attention_backward(
+    s: Heads,
+    qkv: &[f32],
+    probs: &[f32],
+    dout: &[f32],
+    scale: f32,
+) -> Vec<f32> {
+    let (n, d, hd) = (s.n, s.d, s.hd());
+    let mut dqkv = vec![0.0; qkv.len()];
+    dqkv.par_chunks_mut(3 * n * d)
+        .zip(qkv.par_chunks(3 * n * d))
+        .zip(
+            probs
+                .par_chunks(s.heads * n * n)
+                .zip(dout.par_chunks(n * d)),
+        )
+        .for_each(|((dqkv, qkv), (probs, dout))| {
+            let (mut dp, mut ds) = (vec![0.0; n * n], vec![0.0; n * n]);
+            for (h, p) in probs.chunks_exact(n * n).enumerate() {
+                let [q, k, v] = s.qkv(qkv, h);
+                let (p, d_out) = (View::new(p, n, 1), View::rows(dout, h * hd, d));
+                gemm([n, n, hd], d_out, v.t(), (&mut dp, n), false);
+                softmax_backward_rows(p.data, &dp, n, scale, &mut ds);
+                let ds = View::new(&ds, n, 1);
+                let col = |i: usize| i * d + h * hd;
+                gemm([n, hd, n], ds, k, (&mut dqkv[col(0)..], 3 * d), false);
+                gemm([n, hd, n], ds.t(), q, (&mut dqkv[col(1)..], 3 * d), false);
+                gemm(
+                    [n, hd, n],
+                    p.t(),
+                    d_out,
+                    (&mut dqkv[col(2)..], 3 * d),
+                    false,
+                );
+            }
+        });
+    dqkv
+}

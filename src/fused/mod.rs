@@ -1,7 +1,10 @@
 //! Fused ops: a backend extension (Burn's custom-op pattern) for the ops that, written with
 //! Burn's tensor ops, cost a pass over memory per elementary step, forward and backward:
 //! the exact GELU, layer norm with affine, softmax and log-softmax over the last
-//! dimension, and batch norm over the channels (with batch statistics, and on given ones).
+//! dimension, batch norm over the channels (with batch statistics, and on given ones), and
+//! the products whose composed form copies: a linear layer (bias added by the product, no
+//! broadcast pass; its bias gradient one column sum) and the attention core read straight
+//! from the qkv projection's rows (no head split or merge copies, forward or backward).
 //!
 //! - [`FusedKernels`]: an inner backend's forward and backward kernels. The CPU (`Flex`)
 //!   runs this project's vectorized, thread-count-deterministic kernels (`cpu.rs`); CUDA runs
@@ -24,7 +27,6 @@ use burn::tensor::{Tensor, TensorPrimitive};
 pub use cpu::vectorized;
 
 use crate::parallel::batch_sync;
-use crate::precision::in_f32;
 
 /// A layer norm's output and, per row, the statistics its backward needs.
 pub struct LayerNormOut<B: Backend> {
@@ -75,11 +77,33 @@ pub trait FusedKernels: Backend {
         dy: FloatTensor<Self>,
         scale: f64,
     ) -> FloatTensor<Self>;
-    /// softmax(q kᵀ / sqrt(head_dim)) v, all [B, H, N, head_dim], without a graph
+    /// x Wᵀ + b: x [rows, d_in], W [d_out, d_in] (PyTorch's layout), b [d_out]
+    fn linear_kernel(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self>;
+    /// (dx, dW, db) for the output gradient `dy` [rows, d_out], each where `want` asks
+    fn linear_backward_kernel(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        want: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3];
+    /// softmax(q kᵀ / sqrt(head_dim)) v per sample and head from the qkv projection
+    /// [B, N, 3D] (q, k, v side by side, each `heads` x head_dim): the output [B, N, D] with
+    /// the heads side by side, and with `keep` the probabilities [B, heads, N, N]
     fn attention_kernel(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        keep: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
+    /// the gradient with respect to qkv, from the kept probabilities
+    fn attention_backward_kernel(
+        qkv: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        heads: usize,
     ) -> FloatTensor<Self>;
     /// log_softmax(scale * x)
     fn log_softmax_kernel(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
@@ -123,12 +147,14 @@ pub trait FusedOps: Backend {
     ) -> FloatTensor<Self>;
     fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
     fn fused_log_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
-    /// softmax(q kᵀ / sqrt(head_dim)) v, all [B, H, N, head_dim]
-    fn fused_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+    /// x Wᵀ + b, x [rows, d_in], W [d_out, d_in]
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self>;
+    /// the attention core from the qkv projection [B, N, 3D] -> [B, N, D]
+    fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
     /// (y, mean, biased var): the statistics without a graph
     fn fused_batch_norm(
         x: FloatTensor<Self>,
@@ -236,25 +262,27 @@ pub fn scaled_log_softmax<B: FusedOps, const D: usize>(
     tensor(B::fused_log_softmax(float(x), scale))
 }
 
-/// Scaled dot-product attention per (sample, head), no mask: q, k, v [B, H, N, head_dim]
-/// -> [B, H, N, head_dim]. Without a graph (the teacher, evaluation) on CUDA it is Burn's
-/// flash attention; elsewhere, and under autodiff (the student), the matmuls around the
-/// fused softmax, whose backward is known.
-pub fn attention<B: FusedOps>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
-    tensor(B::fused_attention(float(q), float(k), float(v)))
+/// A linear layer over the last dimension of `x` [..., d_in]: x Wᵀ + b with W [d_out,
+/// d_in] (PyTorch's layout) and b [d_out] -> [..., d_out].
+pub fn linear<B: FusedOps, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product();
+    let y = B::fused_linear(float(x.reshape([rows, d_in])), float(w), b.map(float));
+    dims[D - 1] = tensor::<B, 2>(y.clone()).dims()[1];
+    tensor::<B, 2>(y).reshape(dims)
 }
 
-/// q kᵀ, the softmax (in f32) and the product with v, as separate ops.
-fn decomposed_attention<B: FusedOps>(
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    v: FloatTensor<B>,
-) -> FloatTensor<B> {
-    let (q, k, v) = (tensor::<B, 4>(q), tensor::<B, 4>(k), tensor(v));
-    let head_dim = q.dims()[3];
-    let scores = q.matmul(k.swap_dims(2, 3)); // [B, H, N, N], in q's dtype
-    let probs = in_f32(scores, |s| scaled_softmax(s, (head_dim as f64).powf(-0.5)));
-    float(probs.matmul(v))
+/// Scaled dot-product attention per (sample, head), no mask, from the qkv projection
+/// [B, N, 3D] (q, k, v side by side, each `heads` x head_dim) -> [B, N, D], the heads side
+/// by side: softmax(q kᵀ / sqrt(head_dim)) v. Without a graph (the teacher, evaluation) on
+/// CUDA it is Burn's flash attention.
+pub fn attention<B: FusedOps>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+    tensor(B::fused_attention(float(qkv), heads))
 }
 
 /// An inner backend runs its kernels directly (no graph, so no statistics kept).
@@ -276,12 +304,15 @@ impl<B: FusedKernels> FusedOps for B {
     fn fused_log_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
         B::log_softmax_kernel(x, scale)
     }
-    fn fused_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        B::attention_kernel(q, k, v)
+        B::linear_kernel(x, w, b)
+    }
+    fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        B::attention_kernel(qkv, heads, false).0
     }
     fn fused_batch_norm(
         x: FloatTensor<Self>,
@@ -350,6 +381,40 @@ impl<B: FusedKernels> Backward<B, 3> for NormBackward {
                 grads.register::<B>(node.id, grad);
             }
         }
+    }
+}
+
+/// The backward of a linear layer: parents x, W and, with a bias, b.
+#[derive(Debug)]
+struct LinearBackward;
+
+impl<B: FusedKernels, const N: usize> Backward<B, N> for LinearBackward {
+    /// x, W
+    type State = (FloatTensor<B>, FloatTensor<B>);
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, w) = ops.state;
+        let want = [0, 1, 2].map(|i| ops.parents.get(i).is_some_and(Option::is_some));
+        let found = B::linear_backward_kernel(x, w, dy, want);
+        for (node, grad) in ops.parents.into_iter().zip(found) {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl<B: FusedKernels> Backward<B, 1> for AttentionBackward {
+    /// qkv, the probabilities, the heads
+    type State = (FloatTensor<B>, FloatTensor<B>, usize);
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (qkv, probs, heads) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |dout| {
+            B::attention_backward_kernel(qkv, probs, dout, heads)
+        });
     }
 }
 
@@ -462,12 +527,54 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
-    fn fused_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        decomposed_attention::<Self>(q, k, v)
+        let (xp, wp) = (x.primitive.clone(), w.primitive.clone());
+        let y = B::linear_kernel(
+            x.primitive,
+            w.primitive,
+            b.as_ref().map(|b| b.primitive.clone()),
+        );
+        let prep = match b {
+            Some(b) => LinearBackward
+                .prepare::<C>([x.node, w.node, b.node])
+                .compute_bound()
+                .stateful(),
+            None => {
+                return match LinearBackward
+                    .prepare::<C>([x.node, w.node])
+                    .compute_bound()
+                    .stateful()
+                {
+                    OpsKind::Tracked(prep) => prep.finish((xp, wp), y),
+                    OpsKind::UnTracked(prep) => prep.finish(y),
+                };
+            }
+        };
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish((xp, wp), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        match AttentionBackward
+            .prepare::<C>([qkv.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (out, probs) = B::attention_kernel(qkv.primitive.clone(), heads, true);
+                let probs = probs.expect("the kernel keeps the probabilities when asked");
+                prep.finish((qkv.primitive, probs, heads), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::attention_kernel(qkv.primitive, heads, false).0)
+            }
+        }
     }
 
     fn fused_batch_norm(
@@ -620,16 +727,85 @@ mod flex {
             }
         }
 
-        /// Flex's own attention kernel (one small GEMM pair and a scalar softmax per
-        /// sample and head) measured slower here: the quickstart teacher's forward took
-        /// 33 ms more per step (179 against 146 ms) than the batched matmuls around the
-        /// fused softmax
-        fn attention_kernel(
-            q: FloatTensor<Self>,
-            k: FloatTensor<Self>,
-            v: FloatTensor<Self>,
+        fn linear_kernel(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            b: Option<FloatTensor<Self>>,
         ) -> FloatTensor<Self> {
-            super::decomposed_attention::<Flex>(q, k, v)
+            // Some(None): no bias; None: a bias the kernel cannot take
+            let bias = match &b {
+                Some(b) => values(b).map(Some),
+                None => Some(None),
+            };
+            match (values(&x), values(&w), bias) {
+                (Some(xc), Some(wc), Some(bc)) => {
+                    let [rows, d_in] = dims2(&x);
+                    let y = cpu::linear(slice(&xc), slice(&wc), bc.as_ref().map(slice), d_in);
+                    FlexTensor::from_data(TensorData::new(y, [rows, dims2(&w)[0]]))
+                }
+                _ => composed::linear::<Flex>(x, w, b),
+            }
+        }
+
+        fn linear_backward_kernel(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            dy: FloatTensor<Self>,
+            want: [bool; 3],
+        ) -> [Option<FloatTensor<Self>>; 3] {
+            match [&x, &w, &dy].map(values) {
+                [Some(xc), Some(wc), Some(dyc)] => {
+                    let d_in = dims2(&x)[1];
+                    let shapes = [x.shape(), w.shape(), [dims2(&w)[0]].into()];
+                    let found =
+                        cpu::linear_backward(slice(&xc), slice(&wc), slice(&dyc), d_in, want);
+                    let mut shapes = shapes.into_iter();
+                    found.map(|g| {
+                        let shape = shapes.next().expect("three shapes");
+                        g.map(|g| FlexTensor::from_data(TensorData::new(g, shape)))
+                    })
+                }
+                _ => composed::linear_backward::<Flex>(x, w, dy, want),
+            }
+        }
+
+        fn attention_kernel(
+            qkv: FloatTensor<Self>,
+            heads: usize,
+            keep: bool,
+        ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+            match values(&qkv) {
+                Some(c) => {
+                    let s = heads_of(&qkv, heads);
+                    let (out, probs) = cpu::attention(s, slice(&c), scale(s));
+                    let batch = qkv.shape()[0];
+                    let out = FlexTensor::from_data(TensorData::new(out, [batch, s.n, s.d]));
+                    let probs = keep.then(|| {
+                        FlexTensor::from_data(TensorData::new(probs, [batch, heads, s.n, s.n]))
+                    });
+                    (out, probs)
+                }
+                None => composed::attention::<Flex>(qkv, heads, keep),
+            }
+        }
+
+        fn attention_backward_kernel(
+            qkv: FloatTensor<Self>,
+            probs: FloatTensor<Self>,
+            dout: FloatTensor<Self>,
+            heads: usize,
+        ) -> FloatTensor<Self> {
+            match [&qkv, &probs, &dout].map(values) {
+                [Some(qc), Some(pc), Some(dc)] => {
+                    let s = heads_of(&qkv, heads);
+                    let scale = scale(s);
+                    like(
+                        cpu::attention_backward(s, slice(&qc), slice(&pc), slice(&dc), scale),
+                        &qkv,
+                    )
+                }
+                _ => composed::attention_backward::<Flex>(qkv, probs, dout, heads),
+            }
         }
 
         fn log_softmax_kernel(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
@@ -717,6 +893,26 @@ mod flex {
         }
     }
 
+    fn dims2(x: &FlexTensor) -> [usize; 2] {
+        let shape = x.shape();
+        [shape[0], shape[1]]
+    }
+
+    /// The attention shape of a qkv projection [B, N, 3D].
+    fn heads_of(qkv: &FlexTensor, heads: usize) -> cpu::Heads {
+        let shape = qkv.shape();
+        cpu::Heads {
+            n: shape[1],
+            d: shape[2] / 3,
+            heads,
+        }
+    }
+
+    /// 1 / sqrt(head_dim), the models' attention scale.
+    fn scale(s: cpu::Heads) -> f32 {
+        ((s.d / s.heads) as f64).powf(-0.5) as f32
+    }
+
     /// The values per (sample, channel) of [N, C, ...].
     fn spatial(x: &FlexTensor) -> usize {
         let shape = x.shape();
@@ -765,21 +961,40 @@ mod cuda {
         ) -> FloatTensor<Self> {
             composed::softmax_backward::<Cuda>(y, dy, scale)
         }
-        /// Burn's flash attention (scale None: 1 / sqrt(head_dim), as the models')
-        fn attention_kernel(
-            q: FloatTensor<Self>,
-            k: FloatTensor<Self>,
-            v: FloatTensor<Self>,
+        fn linear_kernel(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            b: Option<FloatTensor<Self>>,
         ) -> FloatTensor<Self> {
-            use burn::tensor::ops::{AttentionModuleOptions, ModuleOps};
-            <Self as ModuleOps<Self>>::attention(
-                q,
-                k,
-                v,
-                None,
-                None,
-                AttentionModuleOptions::default(),
-            )
+            composed::linear::<Cuda>(x, w, b)
+        }
+        fn linear_backward_kernel(
+            x: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            dy: FloatTensor<Self>,
+            want: [bool; 3],
+        ) -> [Option<FloatTensor<Self>>; 3] {
+            composed::linear_backward::<Cuda>(x, w, dy, want)
+        }
+        /// without `keep` (the teacher, evaluation), Burn's flash attention
+        fn attention_kernel(
+            qkv: FloatTensor<Self>,
+            heads: usize,
+            keep: bool,
+        ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+            if keep {
+                composed::attention::<Cuda>(qkv, heads, true)
+            } else {
+                (composed::flash_attention::<Cuda>(qkv, heads), None)
+            }
+        }
+        fn attention_backward_kernel(
+            qkv: FloatTensor<Self>,
+            probs: FloatTensor<Self>,
+            dout: FloatTensor<Self>,
+            heads: usize,
+        ) -> FloatTensor<Self> {
+            composed::attention_backward::<Cuda>(qkv, probs, dout, heads)
         }
         fn log_softmax_kernel(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
             composed::log_softmax::<Cuda>(x, scale)

@@ -4,7 +4,6 @@
 use burn::module::{Module, Param};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
 use dino_pipeline::rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -97,33 +96,14 @@ impl<B: InferenceBackend> Linear<B> {
         }
     }
 
-    /// Output features `start..start + len` only: [rows, d_in] -> [rows, len].
-    pub fn forward_rows(&self, x: Tensor<B, 2>, start: usize, len: usize) -> Tensor<B, 2> {
-        let dtype = x.dtype();
-        linear(
-            x,
-            in_dtype(self.weight.val().narrow(0, start, len), dtype).transpose(),
-            self.bias
-                .as_ref()
-                .map(|b| in_dtype(b.val().narrow(0, start, len), dtype)),
-        )
-    }
-
+    /// [..., d_in] -> [..., d_out]
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        // [..., d_in] -> [rows, d_in]: one large GEMM, which the CPU backend spreads over all
-        // cores, instead of a batch of small ones
-        let dims = x.dims();
-        let d_in = dims[D - 1];
-        let rows = dims[..D - 1].iter().product();
         let dtype = x.dtype();
-        let y = linear(
-            x.reshape([rows, d_in]),
-            in_dtype(self.weight.val(), dtype).transpose(),
+        fused::linear(
+            x,
+            in_dtype(self.weight.val(), dtype),
             self.bias.as_ref().map(|b| in_dtype(b.val(), dtype)),
-        );
-        let mut out = dims;
-        out[D - 1] = y.dims()[1];
-        y.reshape(out)
+        )
     }
 }
 

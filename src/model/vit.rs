@@ -77,34 +77,27 @@ impl<B: InferenceBackend> Attention<B> {
         }
     }
 
-    /// q, k, v, each [B, N, D] -> [B, H, N, hd].
-    fn heads(&self, x: Tensor<B, 3>) -> [Tensor<B, 4>; 3] {
-        let [b, n, d] = x.dims();
-        let (h, hd) = (self.num_heads, d / self.num_heads);
-        let x = x.reshape([b * n, d]);
-        // qkv's output rows are (q|k|v) x heads x head_dim: q, k and v each come from their
-        // third of the weight, so that each lands in its own [B*N, D] tensor and the heads
-        // are a view of it (no copy to split a [B, N, 3, H, hd] tensor, nor in the backward)
-        [0, 1, 2].map(|i| {
-            let y = self.qkv.forward_rows(x.clone(), i * d, d); // [B*N, D]
-            y.reshape([b, n, h, hd]).swap_dims(1, 2)
-        })
-    }
-
     /// The attention probabilities softmax(q k^T / sqrt(hd)): [B, N, D] -> [B, H, N, N].
     fn weights(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
-        let [q, k, _] = self.heads(x);
-        let hd = q.dims()[3];
+        let [b, n, d] = x.dims();
+        let (h, hd) = (self.num_heads, d / self.num_heads);
+        // qkv's output features are (q|k|v) x heads x head_dim
+        let qkv = self.qkv.forward(x).reshape([b, n, 3, h, hd]);
+        let [q, k] = [0, 1].map(|i| {
+            qkv.clone()
+                .narrow(2, i, 1)
+                .reshape([b, n, h, hd])
+                .swap_dims(1, 2)
+        }); // [B, H, N, hd]
         let scores = q.matmul(k.swap_dims(2, 3)); // [B, H, N, N]
         in_f32(scores, |s| fused::scaled_softmax(s, (hd as f64).powf(-0.5)))
     }
 
     /// [B, N, D] -> [B, N, D]
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, n, d] = x.dims();
-        let [q, k, v] = self.heads(x);
-        let out = fused::attention(q, k, v); // [B, H, N, hd]
-        self.proj.forward(out.swap_dims(1, 2).reshape([b, n, d])) // heads concatenated
+        let qkv = self.qkv.forward(x); // [B, N, 3D]
+        let out = fused::attention(qkv, self.num_heads); // [B, N, D], heads side by side
+        self.proj.forward(out)
     }
 }
 

@@ -290,7 +290,7 @@ pub fn attention<B: Backend>(
 /// Burn's fused attention kernel (no probabilities kept; its scale None is 1 / sqrt(head_dim))
 #[cfg(feature = "cuda")]
 pub fn flash_attention<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
-    use burn::tensor::ops::{AttentionModuleOptions, ModuleOps};
+    use burn::tensor::ops::AttentionModuleOptions;
     let [q, k, v] = split_heads::<B>(qkv, heads).map(|t| t.into_primitive().tensor());
     let out = B::attention(q, k, v, None, None, AttentionModuleOptions::default());
     merge_heads(tensor::<B, 4>(out))
